@@ -1,0 +1,28 @@
+"""The agent: one per host; executes and observes, decides nothing (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.agent.agent import Agent
+from corral.agent.compute.registry import make_compute_backend
+from corral.agent.image_builders import DebianImageBuilder, FakeImageBuilder, ImageBuilder
+
+__all__ = ["Agent", "build_agent"]
+
+
+def build_agent(
+    compute: str,
+    *,
+    host_name: str,
+    runtime_dir: Path,
+    images_dir: Path,
+    cache_dir: Path,
+) -> Agent:
+    """An agent with the named compute backend ("qemu" or "fake").
+
+    The fake backend gets the fake image builder too, so tests never download packages.
+    """
+    backend = make_compute_backend(compute, runtime_dir)
+    builder: ImageBuilder = FakeImageBuilder() if compute == "fake" else DebianImageBuilder()
+    return Agent(host_name, backend, builder, images_dir, cache_dir)

@@ -1,0 +1,1 @@
+"""How the controller reaches agents: a Protocol, and an in-process link for one host."""

@@ -1,0 +1,88 @@
+"""The agent as the controller sees it: one Protocol, whatever carries the calls.
+
+The embedded shape passes calls in-process (LocalAgentLink); the multi-host shape will carry the
+same messages over NATS. The agent implements this structurally; nobody imports the other side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from corral.model.rpc import (
+    AgentEvent,
+    ExecRequest,
+    ExecResult,
+    GuestObservation,
+    HostFacts,
+    ImageArtifact,
+    LaunchRequest,
+)
+
+ProgressFn = Callable[[float, str], None]
+AgentEventHandler = Callable[[AgentEvent], None]
+
+
+class AgentAPI(Protocol):
+    """Everything the control plane asks of a host. Every call is idempotent where it can be."""
+
+    async def host_facts(self) -> HostFacts:
+        """Capacity, accelerator and why."""
+        ...
+
+    async def launch(self, req: LaunchRequest) -> GuestObservation:
+        """Start a guest; on failure raise LaunchError and leave nothing behind."""
+        ...
+
+    async def observe(self, name: str) -> GuestObservation:
+        """What the guest is doing now (ABSENT if there is no process)."""
+        ...
+
+    async def observe_all(self) -> list[GuestObservation]:
+        """Every guest this host knows of (from its saved runtimes)."""
+        ...
+
+    async def wait_ready(self, name: str, timeout_s: float) -> float:
+        """Wait until the guest agent answers guest-ping; return seconds waited."""
+        ...
+
+    async def shutdown(self, name: str, timeout_s: float) -> None:
+        """ACPI power-off, wait up to `timeout_s`, then quit. No-op if absent."""
+        ...
+
+    async def kill(self, name: str) -> None:
+        """Stop the guest at once. No-op if absent."""
+        ...
+
+    async def forget(self, name: str) -> None:
+        """Remove the guest's runtime files; the guest must not be running."""
+        ...
+
+    async def exec(self, req: ExecRequest) -> ExecResult:
+        """Run a command in the guest through its guest agent."""
+        ...
+
+    async def open_console(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to the guest's serial console."""
+        ...
+
+    async def console_log(self, name: str, max_bytes: int) -> bytes:
+        """The last `max_bytes` the guest printed on its serial console."""
+        ...
+
+    async def build_image(self, recipe: str, name: str, progress: ProgressFn) -> ImageArtifact:
+        """Build an image from a recipe on this host."""
+        ...
+
+    async def delete_image(self, name: str) -> None:
+        """Remove an image's files. No-op if absent."""
+        ...
+
+    def subscribe(self, handler: AgentEventHandler) -> None:
+        """Call `handler` for every AgentEvent (from QMP events and process exits)."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of monitors and sockets; running guests keep running."""
+        ...

@@ -1,0 +1,171 @@
+"""The Instance: one model for every guest. Spec is what the user wants; status is what Corral saw.
+
+`generation` goes up on every spec change; the controller copies it to `status.observed_generation`
+when it has acted on it. The ETag is the generation, so a status update never invalidates a
+client's If-Match.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from corral.model.names import name_problem
+
+MIN_MEMORY_MIB = 32
+MAX_MEMORY_MIB = 1024 * 1024
+MAX_CPUS = 256
+
+
+class PowerState(StrEnum):
+    """Desired power state of an instance."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class OnCrash(StrEnum):
+    """What the controller does when a guest exits without being asked to.
+
+    `stop` (the default, as in Proxmox and Incus): the instance is marked stopped, `spec.power`
+    becomes `stopped`, and an event says why. `restart`: it is started again, with backoff.
+    """
+
+    STOP = "stop"
+    RESTART = "restart"
+
+
+class Machine(StrEnum):
+    """QEMU machine type."""
+
+    PC = "pc"
+    Q35 = "q35"
+    MICROVM = "microvm"
+
+
+class InstanceState(StrEnum):
+    """Observed lifecycle state."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    DELETING = "deleting"
+
+
+def _check_name_field(value: str, field: str) -> str:
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{field} {problem}")
+    return value
+
+
+class InstanceSpec(BaseModel):
+    """Desired state of an instance (writable)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="Name of the image to boot")
+    cpus: int = Field(default=1, ge=1, le=MAX_CPUS, description="Virtual CPUs")
+    memory_mib: int = Field(
+        default=256, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB, description="Guest memory in MiB"
+    )
+    power: PowerState = Field(default=PowerState.RUNNING)
+    machine: Machine = Field(default=Machine.PC)
+    on_crash: OnCrash = Field(default=OnCrash.STOP)
+
+    @field_validator("image")
+    @classmethod
+    def _image_is_a_name(cls, value: str) -> str:
+        return _check_name_field(value, "image")
+
+
+class InstanceSpecPatch(BaseModel):
+    """A partial spec for PATCH: only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: int | None = Field(default=None, ge=1, le=MAX_CPUS)
+    memory_mib: int | None = Field(default=None, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)
+    power: PowerState | None = None
+    machine: Machine | None = None
+    on_crash: OnCrash | None = None
+
+    def apply(self, spec: InstanceSpec) -> InstanceSpec:
+        """Return `spec` with this patch's fields applied."""
+        changes: dict[str, Any] = self.model_dump(exclude_none=True)
+        return spec.model_copy(update=changes)
+
+
+class InstanceCreate(BaseModel):
+    """Body of POST /v1/instances."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    spec: InstanceSpec
+
+    @field_validator("name")
+    @classmethod
+    def _name_rule(cls, value: str) -> str:
+        return _check_name_field(value, "name")
+
+
+class InstancePatch(BaseModel):
+    """Body of PATCH /v1/instances/{name}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: InstanceSpecPatch
+
+
+class Condition(BaseModel):
+    """One observed fact with a reason, as in Kubernetes: Ready, Failed, GuestExited..."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+    since: datetime
+
+
+class InstanceStatus(BaseModel):
+    """Observed state of an instance (read-only, written by the controller)."""
+
+    state: InstanceState = InstanceState.PENDING
+    observed_generation: int = 0
+    host: str | None = None
+    pid: int | None = None
+    ready: bool = False
+    accel: str | None = None
+    started_at: datetime | None = None
+    ready_at: datetime | None = None
+    create_to_ready_ms: float | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of `type_`, if set."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+class Instance(BaseModel):
+    """A VM (and later a system container): metadata, spec and status."""
+
+    name: str
+    uid: str
+    generation: int = 1
+    created_at: datetime
+    updated_at: datetime
+    deleting: bool = False
+    spec: InstanceSpec
+    status: InstanceStatus = Field(default_factory=InstanceStatus)
+
+    @property
+    def etag(self) -> str:
+        """Strong ETag of the spec version."""
+        return f'"{self.generation}"'
