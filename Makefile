@@ -41,7 +41,7 @@ unit: venv
 	$(VENV)/bin/pytest -m 'not slow' -q $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m corral.demo
+	$(PY) scripts/demo.py
 
 bench: setup
 	$(PY) bench/boot.py
