@@ -1,0 +1,253 @@
+"""Instance commands: create, start, stop, restart, delete, list, show, exec."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from corral.cli import render
+from corral.cli.progress import follow_operation
+from corral.cli.state import OutputFormat, OutputOption, open_client, output_format
+from corral.client import CorralClient
+from corral.errors import Conflict, InvalidInput
+from corral.model import Machine, OnCrash, Operation, PowerState, parse_size
+
+_MIB = 1024 * 1024
+
+NoWait = Annotated[
+    bool, typer.Option("--no-wait", help="Return at once; follow with `corral operations ID`.")
+]
+Timeout = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for the operation.", min=0)
+]
+
+
+def memory_mib(text: str) -> int:
+    """`256M`, `1.5G`, `512` (MiB) as a whole number of MiB; InvalidInput says why not."""
+    size = parse_size(text, field="memory", default_unit="M")
+    mib, rest = divmod(size, _MIB)
+    if rest or mib == 0:
+        raise InvalidInput(
+            f"memory {text!r} is not a whole number of MiB; use e.g. 256M, 512 or 1.5G",
+            code="invalid_size",
+            field="memory",
+        )
+    return mib
+
+
+def _finish(
+    ctx: typer.Context,
+    client: CorralClient,
+    op: Operation,
+    *,
+    no_wait: bool,
+    timeout: float,
+    done: str,
+) -> Operation:
+    """Wait (unless told not to) and say what happened: the operation as JSON, or a line."""
+    json_out = output_format(ctx, None) is OutputFormat.JSON
+    if no_wait:
+        if json_out:
+            render.print_json(op)
+        else:
+            typer.echo(f"Accepted: {op.kind} {op.target} (operation {op.id}).")
+        return op
+    started = time.monotonic()
+    final = follow_operation(client, op, timeout=timeout)
+    if json_out:
+        render.print_json(final)
+    elif done:
+        typer.echo(f"{done} ({time.monotonic() - started:.1f} s).")
+    return final
+
+
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name (lowercase letters, digits, '-').")],
+    image: Annotated[str, typer.Option("--image", help="Image to boot, e.g. tiny.")],
+    cpus: Annotated[int | None, typer.Option("--cpus", help="Virtual CPUs (default: 1).")] = None,
+    memory: Annotated[
+        str | None,
+        typer.Option("--memory", help="Guest memory, e.g. 256M or 1.5G (default: 256M)."),
+    ] = None,
+    machine: Annotated[Machine | None, typer.Option("--machine", help="QEMU machine type.")] = None,
+    on_crash: Annotated[
+        OnCrash | None, typer.Option("--on-crash", help="What to do when the guest dies.")
+    ] = None,
+    stopped: Annotated[bool, typer.Option("--stopped", help="Create it powered off.")] = False,
+    no_wait: NoWait = False,
+    timeout: Timeout = 120.0,
+) -> None:
+    """Create an instance and wait until it is ready."""
+    try:
+        mib = memory_mib(memory) if memory is not None else None
+    except InvalidInput as err:
+        raise typer.BadParameter(err.message, param_hint="'--memory'") from None
+    started = time.monotonic()
+    with open_client(ctx) as client:
+        op = client.create_instance(
+            name,
+            image=image,
+            cpus=cpus,
+            memory_mib=mib,
+            power=PowerState.STOPPED if stopped else None,
+            machine=machine,
+            on_crash=on_crash,
+        )
+        _finish(ctx, client, op, no_wait=no_wait, timeout=timeout, done="")
+        if no_wait or output_format(ctx, None) is OutputFormat.JSON:
+            return
+        inst = client.get_instance(name)
+    here = time.monotonic() - started
+    status = inst.status
+    if status.ready and status.create_to_ready_ms is not None:
+        typer.echo(
+            f"Created {name}: {status.state}, ready {status.create_to_ready_ms / 1000:.2f} s "
+            f"after create ({here:.2f} s as seen here)."
+        )
+    else:
+        typer.echo(f"Created {name}: {status.state} ({here:.2f} s).")
+
+
+def start(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name.")],
+    no_wait: NoWait = False,
+    timeout: Timeout = 120.0,
+) -> None:
+    """Power an instance on."""
+    _act(ctx, lambda c: c.start_instance(name), no_wait, timeout, f"Started {name}")
+
+
+def stop(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name.")],
+    force: Annotated[bool, typer.Option("--force", help="Power off at once, no shutdown.")] = False,
+    grace: Annotated[
+        float | None,
+        typer.Option("--grace", help="Seconds the guest gets to shut down before power-off."),
+    ] = None,
+    no_wait: NoWait = False,
+    timeout: Timeout = 120.0,
+) -> None:
+    """Shut an instance down (cleanly, unless --force)."""
+    _act(
+        ctx,
+        lambda c: c.stop_instance(name, force=force, timeout_s=grace),
+        no_wait,
+        timeout,
+        f"Stopped {name}",
+    )
+
+
+def restart(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name.")],
+    no_wait: NoWait = False,
+    timeout: Timeout = 120.0,
+) -> None:
+    """Stop an instance, then start it again."""
+    _act(ctx, lambda c: c.restart_instance(name), no_wait, timeout, f"Restarted {name}")
+
+
+def delete(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Power the guest off at once instead of shutting down.")
+    ] = False,
+    no_wait: NoWait = False,
+    timeout: Timeout = 120.0,
+) -> None:
+    """Delete an instance (a running guest is shut down first)."""
+    with open_client(ctx) as client:
+        if force:
+            try:
+                stop_op = client.stop_instance(name, force=True)
+            except Conflict:
+                pass  # not running: nothing to power off
+            else:
+                follow_operation(client, stop_op, timeout=timeout)
+        op = client.delete_instance(name)
+        _finish(ctx, client, op, no_wait=no_wait, timeout=timeout, done=f"Deleted {name}")
+
+
+def _act(
+    ctx: typer.Context,
+    call: Callable[[CorralClient], Operation],
+    no_wait: bool,
+    timeout: float,
+    done: str,
+) -> None:
+    with open_client(ctx) as client:
+        _finish(ctx, client, call(client), no_wait=no_wait, timeout=timeout, done=done)
+
+
+def list_instances(ctx: typer.Context, output: OutputOption = None) -> None:
+    """List instances."""
+    with open_client(ctx) as client:
+        instances = client.list_instances()
+    if output_format(ctx, output) is OutputFormat.JSON:
+        render.print_json(instances)
+    elif not instances:
+        typer.echo("No instances. Create one with `corral create NAME --image tiny`.", err=True)
+    else:
+        render.show(render.instances_table(instances))
+
+
+def show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name.")],
+    output: OutputOption = None,
+) -> None:
+    """Show one instance with its conditions."""
+    with open_client(ctx) as client:
+        inst = client.get_instance(name)
+    if output_format(ctx, output) is OutputFormat.JSON:
+        render.print_json(inst)
+    else:
+        render.show(render.instance_details(inst))
+
+
+def exec_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Instance name.")],
+    command: Annotated[list[str], typer.Argument(help="The command, after `--`.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds the command may run.", min=0)
+    ] = 60.0,
+    stdin: Annotated[
+        bool, typer.Option("--stdin", "-i", help="Send local stdin as the command's input.")
+    ] = False,
+    output: OutputOption = None,
+) -> None:
+    """Run a command in the guest: its output on our stdout/stderr, its exit code as ours."""
+    data = sys.stdin.read() if stdin else None
+    with open_client(ctx) as client:
+        result = client.exec_instance(name, command, timeout_s=timeout, input=data)
+    if output_format(ctx, output) is OutputFormat.JSON:
+        render.print_json(result)
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.write(result.stderr)
+        sys.stderr.flush()
+    # Exit statuses are 0-255; anything else (a signal, a bogus value) is plain failure.
+    code = result.exit_code
+    raise typer.Exit(code if 0 <= code <= 255 else 1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the instance commands to the root app."""
+    app.command()(create)
+    app.command()(start)
+    app.command()(stop)
+    app.command()(restart)
+    app.command()(delete)
+    app.command("list")(list_instances)
+    app.command()(show)
+    app.command("exec")(exec_command)

@@ -1,0 +1,259 @@
+"""The blocking facade: the async core's methods, run to completion on a private event loop.
+
+No request logic lives here: every method hands a coroutine of `AsyncCorralClient` to one
+`asyncio.Runner`, so retries, long-polls and the SSE reader exist exactly once. The runner keeps
+one loop for the client's lifetime, which the pooled httpx connections need, and turns Ctrl-C
+into a clean cancellation of the running call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Coroutine, Generator, Sequence
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from corral import paths
+from corral.client.aio import DEFAULT_TIMEOUT_S, AsyncCorralClient, OperationCallback
+from corral.client.settings import resolve_settings
+from corral.model import Event, Host, Image, Instance, Machine, OnCrash, Operation, PowerState
+from corral.model.rpc import ExecResult
+
+T = TypeVar("T")
+
+
+class CorralClient:
+    """Blocking client for scripts and the CLI; see AsyncCorralClient for the semantics.
+
+    Not for use inside a running event loop (use AsyncCorralClient there). Close it, or use it
+    as a context manager, to release its loop and connections.
+    """
+
+    def __init__(
+        self,
+        url: str = paths.DEFAULT_URL,
+        token: str | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        token_source: str | None = None,
+    ) -> None:
+        self._runner = asyncio.Runner()
+        self._closed = False
+        self.aio = AsyncCorralClient(
+            url, token, transport=transport, timeout=timeout, token_source=token_source
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        url: str | None = None,
+        data_dir: Path | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Self:
+        """Same precedence as AsyncCorralClient.from_env."""
+        settings = resolve_settings(url, data_dir)
+        return cls(
+            settings.url, settings.token, transport=transport, token_source=settings.token_source
+        )
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return self.aio.url
+
+    def __repr__(self) -> str:
+        return f"CorralClient(url={self.url!r}, token_from={self.aio.token_source!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections and the private loop (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.run(self.aio.aclose())
+        finally:
+            self._runner.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of `self.aio` (or one using it) on this client's loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._runner.run(coro)
+        coro.close()
+        raise RuntimeError("CorralClient blocks; inside async code use AsyncCorralClient")
+
+    def _iterate(self, agen: AsyncGenerator[T, None]) -> Generator[T, None, None]:
+        async def step() -> T:
+            return await anext(agen)
+
+        try:
+            while True:
+                try:
+                    yield self.run(step())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self.run(agen.aclose())
+
+    # One line per endpoint: the signatures are the documentation, the bodies delegate.
+
+    def health(self) -> dict[str, Any]:
+        """GET /healthz."""
+        return self.run(self.aio.health())
+
+    def list_instances(self) -> list[Instance]:
+        """All instances."""
+        return self.run(self.aio.list_instances())
+
+    def get_instance(self, name: str) -> Instance:
+        """One instance."""
+        return self.run(self.aio.get_instance(name))
+
+    def create_instance(
+        self,
+        name: str,
+        *,
+        image: str,
+        cpus: int | None = None,
+        memory_mib: int | None = None,
+        power: PowerState | None = None,
+        machine: Machine | None = None,
+        on_crash: OnCrash | None = None,
+    ) -> Operation:
+        """Create an instance; returns the `create` operation."""
+        return self.run(
+            self.aio.create_instance(
+                name,
+                image=image,
+                cpus=cpus,
+                memory_mib=memory_mib,
+                power=power,
+                machine=machine,
+                on_crash=on_crash,
+            )
+        )
+
+    def update_instance(
+        self,
+        name: str,
+        *,
+        cpus: int | None = None,
+        memory_mib: int | None = None,
+        power: PowerState | None = None,
+        machine: Machine | None = None,
+        on_crash: OnCrash | None = None,
+        if_match: str | None = None,
+    ) -> Operation:
+        """Change some spec fields (optionally guarded by an ETag)."""
+        return self.run(
+            self.aio.update_instance(
+                name,
+                cpus=cpus,
+                memory_mib=memory_mib,
+                power=power,
+                machine=machine,
+                on_crash=on_crash,
+                if_match=if_match,
+            )
+        )
+
+    def delete_instance(self, name: str) -> Operation:
+        """Delete an instance."""
+        return self.run(self.aio.delete_instance(name))
+
+    def start_instance(self, name: str) -> Operation:
+        """Power an instance on."""
+        return self.run(self.aio.start_instance(name))
+
+    def stop_instance(
+        self, name: str, *, force: bool = False, timeout_s: float | None = None
+    ) -> Operation:
+        """Shut an instance down (or power it off with `force`)."""
+        return self.run(self.aio.stop_instance(name, force=force, timeout_s=timeout_s))
+
+    def restart_instance(self, name: str) -> Operation:
+        """Stop, then start again."""
+        return self.run(self.aio.restart_instance(name))
+
+    def exec_instance(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        timeout_s: float = 60.0,
+        input: str | None = None,
+    ) -> ExecResult:
+        """Run a command in the guest."""
+        return self.run(self.aio.exec_instance(name, command, timeout_s=timeout_s, input=input))
+
+    def console_log(self, name: str, *, max_bytes: int | None = None) -> bytes:
+        """What the guest printed last on its serial console."""
+        return self.run(self.aio.console_log(name, max_bytes=max_bytes))
+
+    def list_images(self) -> list[Image]:
+        """All images."""
+        return self.run(self.aio.list_images())
+
+    def get_image(self, name: str) -> Image:
+        """One image."""
+        return self.run(self.aio.get_image(name))
+
+    def build_image(self, recipe: str, *, name: str | None = None) -> Operation:
+        """Build an image from a recipe; returns the `image-build` operation."""
+        return self.run(self.aio.build_image(recipe, name=name))
+
+    def delete_image(self, name: str) -> None:
+        """Delete an image."""
+        self.run(self.aio.delete_image(name))
+
+    def list_recipes(self) -> list[str]:
+        """Recipe names."""
+        return self.run(self.aio.list_recipes())
+
+    def list_hosts(self) -> list[Host]:
+        """All hosts."""
+        return self.run(self.aio.list_hosts())
+
+    def get_host(self, name: str) -> Host:
+        """One host."""
+        return self.run(self.aio.get_host(name))
+
+    def list_operations(self) -> list[Operation]:
+        """Recent operations, newest first."""
+        return self.run(self.aio.list_operations())
+
+    def get_operation(self, op_id: str, *, wait: int | None = None) -> Operation:
+        """One operation (optionally long-polled)."""
+        return self.run(self.aio.get_operation(op_id, wait=wait))
+
+    def wait_operation(
+        self,
+        op_id: str,
+        *,
+        timeout: float = 120.0,
+        on_update: OperationCallback | None = None,
+        check: bool = True,
+    ) -> Operation:
+        """Wait for an operation to finish; raises its error when it failed and `check`."""
+        return self.run(
+            self.aio.wait_operation(op_id, timeout=timeout, on_update=on_update, check=check)
+        )
+
+    def events(
+        self, *, since: int | None = None, reconnect: bool = True, max_retries: int = 8
+    ) -> Generator[Event, None, None]:
+        """Follow the event stream, resuming after drops; `close()` it when done."""
+        return self._iterate(
+            self.aio.events(since=since, reconnect=reconnect, max_retries=max_retries)
+        )

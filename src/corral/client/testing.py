@@ -1,0 +1,89 @@
+"""Canned answers for tests of code that uses the client (the CLI, scripts, front ends).
+
+`CannedAPI` is an httpx handler: give it answers per (method, path), hand `api.transport()` to a
+client, then assert on `api.requests`. It has no server logic on purpose; tests say exactly what
+the server answers, so a test shows the contract it relies on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+Answer = httpx.Response | Callable[[httpx.Request], httpx.Response]
+
+
+def json_response(
+    body: BaseModel | Sequence[BaseModel] | dict[str, Any],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """A JSON answer; a list of models becomes the API's `{"items": [...]}` envelope."""
+    if isinstance(body, BaseModel):
+        payload: Any = body.model_dump(mode="json")
+    elif isinstance(body, dict):
+        payload = body
+    else:
+        payload = {"items": [item.model_dump(mode="json") for item in body]}
+    return httpx.Response(status, json=payload, headers=headers)
+
+
+def problem(status: int, code: str, detail: str, field: str | None = None) -> httpx.Response:
+    """An application/problem+json answer shaped as docs/api.md says."""
+    body: dict[str, Any] = {
+        "type": f"https://corral.dev/errors/{code}",
+        "title": code.replace("_", " "),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if field is not None:
+        body["field"] = field
+    return httpx.Response(
+        status,
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/problem+json"},
+    )
+
+
+class CannedAPI:
+    """Answers requests from a table; answers for one route are used in order, the last repeats.
+
+    Streaming answers (server-sent events) must be callables that build a fresh response.
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[Answer]] = {}
+        self.requests: list[httpx.Request] = []
+
+    def answer(self, method: str, path: str, *answers: Answer) -> None:
+        """Serve `answers` for `method path` (path without the query string)."""
+        self.routes[(method.upper(), path)] = list(answers)
+
+    def transport(self) -> httpx.MockTransport:
+        """The transport to give AsyncCorralClient/CorralClient."""
+        return httpx.MockTransport(self)
+
+    def sent(self, method: str, path: str) -> list[httpx.Request]:
+        """The requests received for `method path`, oldest first."""
+        return [r for r in self.requests if r.method == method and r.url.path == path]
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        self.requests.append(request)
+        answers = self.routes.get((request.method, request.url.path))
+        if not answers:
+            return problem(
+                404, "not_found", f"no canned answer for {request.method} {request.url.path}"
+            )
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, httpx.Response):
+            # A fresh copy each time: a repeated answer must not share a consumed response.
+            return httpx.Response(
+                answer.status_code, headers=answer.headers, content=answer.content
+            )
+        return answer(request)
