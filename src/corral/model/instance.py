@@ -146,6 +146,7 @@ class InstanceStatus(BaseModel):
     started_at: datetime | None = None
     ready_at: datetime | None = None
     create_to_ready_ms: float | None = None
+    restarts: int = 0  # unasked exits in quick succession (drives the on_crash=restart backoff)
     conditions: list[Condition] = Field(default_factory=list)
 
     def condition(self, type_: str) -> Condition | None:

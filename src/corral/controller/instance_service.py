@@ -1,0 +1,311 @@
+"""What the API asks of instances: validate against the world, write the spec, hand over.
+
+Each method checks what only the control plane can check (image exists, capacity, state),
+writes the desired state and an Operation in one transaction, publishes, and enqueues the
+instance for its reconciler. None of them waits for a guest: the Operation does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from corral.bus.agent_link import AgentAPI
+from corral.controller.capacity import check_capacity
+from corral.controller.hosts import HostMonitor
+from corral.controller.recorder import Recorder
+from corral.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from corral.model.image import ImageState
+from corral.model.instance import (
+    Instance,
+    InstanceCreate,
+    InstanceSpec,
+    InstanceSpecPatch,
+    InstanceState,
+    PowerState,
+)
+from corral.model.operation import Operation
+from corral.model.rpc import ExecRequest, ExecResult
+from corral.store import images as image_store
+from corral.store import instances as instance_store
+from corral.store import operations as operation_store
+from corral.store.instances import InstanceRecord
+
+Enqueue = Callable[[str, bool], None]
+TARGET_KIND = "instance"
+
+
+def parse_if_match(value: str) -> int | None:
+    """The generation an If-Match header names (`"3"`, `W/"3"`, `3`); None for `*`."""
+    text = value.strip()
+    if text == "*":
+        return None
+    text = text.removeprefix("W/").strip('"')
+    try:
+        return int(text)
+    except ValueError:
+        raise PreconditionFailed(
+            f"If-Match {value!r} is not an ETag of this API; send the ETag header of a GET"
+        ) from None
+
+
+class InstanceService:
+    """Create, change, start, stop, restart, delete instances; exec and console pass-through."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        agent: AgentAPI,
+        hosts: HostMonitor,
+        enqueue: Enqueue,
+        default_shutdown_timeout_s: float,
+    ) -> None:
+        self._recorder = recorder
+        self._db = recorder.db
+        self._agent = agent
+        self._hosts = hosts
+        self._enqueue = enqueue
+        self._default_timeout_s = default_shutdown_timeout_s
+
+    def __repr__(self) -> str:
+        return "InstanceService()"
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _record(self, name: str) -> InstanceRecord:
+        with self._db.transaction() as session:
+            return instance_store.get_instance(session, name)
+
+    def _check_image(self, image: str) -> None:
+        with self._db.transaction() as session:
+            found = image_store.find_image(session, image)
+        if found is None:
+            raise InvalidInput(
+                f"image {image!r} does not exist; build it with `corral image build <recipe>` "
+                "or pick one from `corral image list`",
+                code="unknown_image",
+                field="spec.image",
+            )
+        if found.state != ImageState.READY:
+            raise Conflict(
+                f"image {image!r} is {found.state.value}, not ready; wait for its build to "
+                "finish (or build it again if it failed)",
+                code="image_not_ready",
+                field="spec.image",
+            )
+
+    def _check_capacity(self, spec: InstanceSpec, name: str) -> None:
+        with self._db.transaction() as session:
+            others = instance_store.running_allocation(session, excluding=name)
+        check_capacity(spec, self._hosts.local_facts(), others)
+
+    @staticmethod
+    def _refuse_if_deleting(instance: Instance) -> None:
+        if instance.deleting:
+            raise Conflict(
+                f"instance {instance.name!r} is being deleted; wait for the delete to finish",
+                code="invalid_state",
+            )
+
+    def _change(
+        self,
+        kind: str,
+        instance: Instance,
+        spec: InstanceSpec,
+        *,
+        expected_generation: int | None = None,
+        restart: bool = False,
+        params: dict[str, Any] | None = None,
+        message: str = "",
+    ) -> tuple[Operation, Instance]:
+        with self._db.transaction() as session:
+            changed = instance_store.update_spec(
+                session,
+                instance.name,
+                spec,
+                expected_generation=expected_generation
+                if expected_generation is not None
+                else instance.generation,
+                restart=restart,
+            )
+            op = operation_store.create_operation(
+                session,
+                kind,
+                TARGET_KIND,
+                instance.name,
+                params={"generation": changed.generation, **(params or {})},
+                message=message,
+            )
+        self._recorder.operation_created(op)
+        self._enqueue(instance.name, True)
+        return op, changed
+
+    def _follow(
+        self, kind: str, instance: Instance, params: dict[str, Any] | None = None
+    ) -> Operation:
+        """An operation that waits for the generation already asked for (nothing changes)."""
+        caught_up = instance.status.observed_generation >= instance.generation
+        if caught_up:
+            return self._recorder.finished_operation(
+                kind,
+                TARGET_KIND,
+                instance.name,
+                f"instance {instance.name} is already {instance.status.state.value}",
+                {},
+            )
+        with self._db.transaction() as session:
+            op = operation_store.create_operation(
+                session,
+                kind,
+                TARGET_KIND,
+                instance.name,
+                params={"generation": instance.generation, **(params or {})},
+            )
+        self._recorder.operation_created(op)
+        self._enqueue(instance.name, False)
+        return op
+
+    # -- commands ----------------------------------------------------------------------------
+    def create(self, body: InstanceCreate) -> Operation:
+        """Store a new instance (it exists at once) and start a `create` operation."""
+        self._check_image(body.spec.image)
+        self._check_capacity(body.spec, body.name)
+        with self._db.transaction() as session:
+            instance = instance_store.create_instance(session, body.name, body.spec)
+            op = operation_store.create_operation(
+                session,
+                "create",
+                TARGET_KIND,
+                body.name,
+                params={"generation": instance.generation},
+                message="waiting for the controller",
+            )
+        self._recorder.publish(
+            "instance.created",
+            "instance",
+            body.name,
+            {"uid": instance.uid, "generation": 1, "spec": body.spec.model_dump(mode="json")},
+        )
+        self._recorder.operation_created(op)
+        self._enqueue(body.name, False)
+        return op
+
+    def patch(
+        self, name: str, patch: InstanceSpecPatch, if_match: str | None
+    ) -> tuple[Operation, Instance]:
+        """Change some spec fields (optimistically, with If-Match); an `update` operation."""
+        instance = self._record(name).instance
+        expected = parse_if_match(if_match) if if_match else None
+        if expected is not None and expected != instance.generation:
+            raise PreconditionFailed(
+                f'instance {name!r} changed since you read it (ETag now "{instance.generation}'
+                f'", you sent "{expected}"); read it again and retry'
+            )
+        self._refuse_if_deleting(instance)
+        spec = patch.apply(instance.spec)
+        if spec == instance.spec:
+            op = self._recorder.finished_operation(
+                "update", TARGET_KIND, name, "nothing to change", {}
+            )
+            return op, instance
+        self._check_capacity(spec, name)
+        message = ""
+        if instance.status.state == InstanceState.RUNNING and (
+            (spec.cpus, spec.memory_mib, spec.machine)
+            != (instance.spec.cpus, instance.spec.memory_mib, instance.spec.machine)
+        ):
+            message = "cpus, memory and machine changes apply at the next start"
+        params = {"note": message} if message else None
+        return self._change("update", instance, spec, params=params, message=message)
+
+    def delete(self, name: str) -> Operation:
+        """Ask for deletion: the controller shuts the guest down, forgets it, drops the row.
+
+        Deleting what is already being deleted returns the delete operation under way.
+        """
+        with self._db.transaction() as session:
+            record = instance_store.get_instance(session, name)
+            running = operation_store.running_operations(session, TARGET_KIND, name)
+            for existing in running:
+                if existing.operation.kind == "delete":
+                    return existing.operation
+            instance_store.mark_deleting(session, name)
+            op = operation_store.create_operation(
+                session,
+                "delete",
+                TARGET_KIND,
+                name,
+                params={
+                    "generation": record.instance.generation,
+                    "timeout_s": self._default_timeout_s,
+                },
+            )
+        self._recorder.operation_created(op)
+        self._enqueue(name, True)
+        return op
+
+    def start(self, name: str) -> Operation:
+        """power=running; on a failed instance this retries (a new generation)."""
+        instance = self._record(name).instance
+        self._refuse_if_deleting(instance)
+        if instance.spec.power == PowerState.RUNNING and instance.status.state not in (
+            InstanceState.FAILED,
+            InstanceState.STOPPED,
+        ):
+            return self._follow("start", instance)
+        spec = instance.spec.model_copy(update={"power": PowerState.RUNNING})
+        self._check_capacity(spec, name)
+        return self._change("start", instance, spec)[0]
+
+    def stop(self, name: str, *, force: bool, timeout_s: float | None) -> Operation:
+        """power=stopped: ACPI power-off with a timeout, or at once with `force`."""
+        instance = self._record(name).instance
+        self._refuse_if_deleting(instance)
+        params = {"force": force, "timeout_s": timeout_s or self._default_timeout_s}
+        if instance.spec.power == PowerState.STOPPED:
+            return self._follow("stop", instance, params)
+        spec = instance.spec.model_copy(update={"power": PowerState.STOPPED})
+        return self._change("stop", instance, spec, params=params)[0]
+
+    def restart(self, name: str, *, force: bool, timeout_s: float | None) -> Operation:
+        """Shut the guest down and boot it again; a stopped instance is simply started."""
+        instance = self._record(name).instance
+        self._refuse_if_deleting(instance)
+        spec = instance.spec.model_copy(update={"power": PowerState.RUNNING})
+        self._check_capacity(spec, name)
+        params = {"force": force, "timeout_s": timeout_s or self._default_timeout_s}
+        return self._change("restart", instance, spec, restart=True, params=params)[0]
+
+    # -- pass-through to the guest ---------------------------------------------------------
+    def _require_running(self, name: str, what: str) -> Instance:
+        instance = self._record(name).instance
+        if instance.deleting or instance.status.state != InstanceState.RUNNING:
+            state = "deleting" if instance.deleting else instance.status.state.value
+            hint = f"start it first (`corral start {name}`)" if not instance.deleting else ""
+            raise Conflict(
+                f"instance {name!r} is {state}; {what} needs a running guest"
+                + (f": {hint}" if hint else ""),
+                code="invalid_state",
+            )
+        return instance
+
+    async def exec(
+        self, name: str, command: list[str], timeout_s: float, input_text: str | None
+    ) -> ExecResult:
+        """Run a command in the guest through its guest agent."""
+        self._require_running(name, "exec")
+        request = ExecRequest(name=name, command=command, timeout_s=timeout_s, input=input_text)
+        return await self._agent.exec(request)
+
+    async def open_console(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to the guest's serial console."""
+        self._require_running(name, "the console")
+        return await self._agent.open_console(name)
+
+    async def console_log(self, name: str, max_bytes: int) -> bytes:
+        """The last `max_bytes` the guest printed (also after it stopped)."""
+        self._record(name)
+        try:
+            return await self._agent.console_log(name, max_bytes)
+        except NotFound:
+            return b""

@@ -1,0 +1,107 @@
+"""The tables, as typed SQLAlchemy ORM classes. Migrations in store/migrations create them.
+
+Spec and status are JSON documents (portable JSON columns, no SQLite-only SQL). The few spec
+fields that queries filter or sum on (power, cpus, memory_mib, image) are copied into plain
+columns by the repository, so capacity sums and "who uses this image" stay single queries.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from corral.store.types import UTCDateTime
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every Corral table."""
+
+
+class InstanceRow(Base):
+    """One instance: identity, desired spec, observed status."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    # The generation at which a restart was asked for; the restart is done once the controller
+    # has observed that generation (level-triggered, so it survives a controller restart).
+    restart_generation: Mapped[int] = mapped_column(Integer, default=0)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    image: Mapped[str] = mapped_column(String(63), index=True)
+    power: Mapped[str] = mapped_column(String(16))
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ImageRow(Base):
+    """One image record; its files live on the host that built it."""
+
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32), default="initramfs")
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    digest: Mapped[str] = mapped_column(String(128), default="")
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
+    kernel: Mapped[str | None] = mapped_column(Text, nullable=True)
+    initrd: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cmdline: Mapped[str] = mapped_column(Text, default="")
+    build_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OperationRow(Base):
+    """One long-running piece of work. `params` is internal (never shown by the API)."""
+
+    __tablename__ = "operations"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    target_kind: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(63), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EventRow(Base):
+    """One event; `id` is the stream position clients resume from (Last-Event-ID)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    type: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(63))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class HostRow(Base):
+    """A host's last reported facts (capacity, accelerator)."""
+
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
