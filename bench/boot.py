@@ -106,7 +106,8 @@ def list_latency(instances: int = 1000, requests: int = 200) -> tuple[float, flo
         server.wait_op(server.http.post("/v1/images", json={"recipe": "tiny"}))
         for i in range(instances):
             server.http.post(
-                "/v1/instances", json={"name": f"vm-{i:04d}", "spec": {"image": "tiny"}}
+                "/v1/instances",
+                json={"name": f"vm-{i:04d}", "spec": {"image": "tiny", "power": "stopped"}},
             )
         samples = []
         for _ in range(requests):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -55,6 +56,18 @@ class ServerConfig:
     host_name: str = field(default_factory=default_host_name)
     ready_timeout_s: float = 120.0
     shutdown_timeout_s: float = 30.0
+    cache_dir: Path | None = None
+
+    @property
+    def download_cache_dir(self) -> Path:
+        """Where image builds cache .debs: `cache_dir`, `$CORRAL_CACHE_DIR`, or `<data-dir>/cache`.
+
+        Kept outside the data dir when asked, so throwaway servers (demo, tests) build warm.
+        """
+        if self.cache_dir is not None:
+            return self.cache_dir
+        env = os.environ.get("CORRAL_CACHE_DIR")
+        return Path(env) if env else self.data_dir / "cache"
 
     @property
     def database_url(self) -> str:
@@ -81,7 +94,7 @@ def build_agent_for(config: ServerConfig) -> HostAgent:
         host_name=config.host_name,
         runtime_dir=runtime_dir_for(config.data_dir),
         images_dir=config.data_dir / "images",
-        cache_dir=config.data_dir / "cache",
+        cache_dir=config.download_cache_dir,
     )
     return agent
 

@@ -1,4 +1,5 @@
-"""Fixtures for the agent's tests: short runtime dirs, the tiny guest image, process cleanup."""
+"""Fixtures for the agent's tests: short runtime dirs and process cleanup (tiny_image is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,6 @@ from pathlib import Path
 import pytest
 
 from corral.agent.compute.qemu.process import processes_mentioning
-from corral.images.builder import BuiltImage, build_image
-
-DEFAULT_TEST_CACHE = "/var/cache/corral-test"
 
 
 def kill_processes_under(directory: Path) -> list[int]:
@@ -35,14 +33,3 @@ def short_dir() -> Iterator[Path]:
     yield path
     kill_processes_under(path)
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    """The tiny busybox + qemu-ga guest, built once per test session (packages are cached in
-    $CORRAL_TEST_CACHE, default /var/cache/corral-test)."""
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
-    cache_dir = Path(os.environ.get("CORRAL_TEST_CACHE", DEFAULT_TEST_CACHE))
-    dest = tmp_path_factory.mktemp("images") / "tiny"
-    return build_image("tiny", dest, cache_dir)
