@@ -14,7 +14,7 @@ setup: apt venv
 # Installs the host packages Corral drives (QEMU, qemu-img, busybox for guests) when one is
 # missing, and makes sure apt's package lists exist: the image builder downloads from them.
 apt:
-	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then \
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || ! ls /var/lib/apt/lists/ | grep -q '_Packages'; then \
 		echo "==> installing host packages: $(APT_PACKAGES)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
 	fi
@@ -28,8 +28,8 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

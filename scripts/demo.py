@@ -23,6 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from corral.paths import runtime_dir_for
+
 console = Console()
 VMS = ("demo-1", "demo-2")
 
@@ -129,11 +131,14 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+        # Guests are deleted above; if the demo failed half-way, none may outlive it.
+        runtime_dir = runtime_dir_for(data_dir)
         leftovers = subprocess.run(
-            ["pgrep", "-f", f"corral-demo.*{data_dir.name}"], capture_output=True, text=True
+            ["pgrep", "-f", f"qemu-system.*{runtime_dir}"], capture_output=True, text=True
         ).stdout.split()
         for pid in leftovers:
             os.kill(int(pid), signal.SIGKILL)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)
         Path(log.name).unlink(missing_ok=True)
 
