@@ -13,34 +13,18 @@ from typer.testing import CliRunner, Result
 from corral.cli import state
 from corral.cli.main import app
 from corral.client import CorralClient
-from corral.client.testing import CannedAPI
-from corral.model import Instance, InstanceSpec, InstanceStatus, Operation
+from corral.client.testing import CannedAPI, sample_instance, sample_operation
+from corral.model import Instance, Operation
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 Run = Callable[..., Result]
 
 
 def build_instance(name: str = "vm1", **status: Any) -> Instance:
-    return Instance(
-        name=name,
-        uid=f"uid-{name}",
-        created_at=NOW,
-        updated_at=NOW,
-        spec=InstanceSpec(image="tiny", memory_mib=1536),
-        status=InstanceStatus(**status),
-    )
+    return sample_instance(name, memory_mib=1536, **status)
 
 
-def build_operation(op_id: str = "op-1", **fields: Any) -> Operation:
-    values: dict[str, Any] = {
-        "kind": "create",
-        "target_kind": "instance",
-        "target": "vm1",
-        "created_at": NOW,
-        "updated_at": NOW,
-    }
-    values.update(fields)
-    return Operation(id=op_id, **values)
+build_operation = sample_operation
 
 
 @pytest.fixture

@@ -9,34 +9,18 @@ from typing import Any
 import pytest
 
 from corral.client import AsyncCorralClient
-from corral.client.testing import CannedAPI
-from corral.model import Instance, InstanceSpec, InstanceStatus, Operation
+from corral.client.testing import CannedAPI, sample_instance, sample_operation
+from corral.model import Instance, Operation
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 TOKEN = "s3cret-token"
 
 
 def build_instance(name: str = "vm1", **status: Any) -> Instance:
-    return Instance(
-        name=name,
-        uid=f"uid-{name}",
-        created_at=NOW,
-        updated_at=NOW,
-        spec=InstanceSpec(image="tiny"),
-        status=InstanceStatus(**status),
-    )
+    return sample_instance(name, **status)
 
 
-def build_operation(op_id: str = "op-1", **fields: Any) -> Operation:
-    values: dict[str, Any] = {
-        "kind": "create",
-        "target_kind": "instance",
-        "target": "vm1",
-        "created_at": NOW,
-        "updated_at": NOW,
-    }
-    values.update(fields)
-    return Operation(id=op_id, **values)
+build_operation = sample_operation
 
 
 @pytest.fixture

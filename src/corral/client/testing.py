@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
+
+from corral.model import Instance, InstanceSpec, InstanceStatus, Operation
 
 Answer = httpx.Response | Callable[[httpx.Request], httpx.Response]
 
@@ -87,3 +90,31 @@ class CannedAPI:
                 answer.status_code, headers=answer.headers, content=answer.content
             )
         return answer(request)
+
+
+SAMPLE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def sample_instance(name: str = "vm1", memory_mib: int = 256, **status: Any) -> Instance:
+    """An Instance as the server would send it, with `status` fields as given."""
+    return Instance(
+        name=name,
+        uid=f"uid-{name}",
+        created_at=SAMPLE_TIME,
+        updated_at=SAMPLE_TIME,
+        spec=InstanceSpec(image="tiny", memory_mib=memory_mib),
+        status=InstanceStatus(**status),
+    )
+
+
+def sample_operation(op_id: str = "op-1", **fields: Any) -> Operation:
+    """An Operation as the server would send it (a running create of vm1 unless told)."""
+    values: dict[str, Any] = {
+        "kind": "create",
+        "target_kind": "instance",
+        "target": "vm1",
+        "created_at": SAMPLE_TIME,
+        "updated_at": SAMPLE_TIME,
+    }
+    values.update(fields)
+    return Operation(id=op_id, **values)
