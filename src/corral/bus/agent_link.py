@@ -12,12 +12,17 @@ from typing import Protocol
 
 from corral.model.rpc import (
     AgentEvent,
+    DiskAttachment,
     ExecRequest,
     ExecResult,
     GuestObservation,
     HostFacts,
     ImageArtifact,
     LaunchRequest,
+    PoolConfig,
+    PoolFacts,
+    VolumeFacts,
+    VolumeRequest,
 )
 
 ProgressFn = Callable[[float, str], None]
@@ -77,6 +82,51 @@ class AgentAPI(Protocol):
 
     async def delete_image(self, name: str) -> None:
         """Remove an image's files. No-op if absent."""
+        ...
+
+    def recipes(self) -> list[str]:
+        """Names of the image recipes this host can build."""
+        ...
+
+    # -- storage ------------------------------------------------------------------------------
+    async def ensure_pool(self, config: PoolConfig) -> PoolFacts:
+        """Make the pool exist and be usable (mount a btrfs loop after a reboot, ...)."""
+        ...
+
+    async def pool_facts(self, pool: str) -> PoolFacts:
+        """Capacity and usage of a pool; NotFound if it was never ensured."""
+        ...
+
+    async def delete_pool(self, pool: str) -> None:
+        """Remove an empty pool and what the agent made for it. No-op if absent."""
+        ...
+
+    async def create_volume(self, req: VolumeRequest) -> VolumeFacts:
+        """Make a volume; all or nothing (no half-written file is left on failure)."""
+        ...
+
+    async def volume_facts(self, pool: str, name: str) -> VolumeFacts:
+        """A volume's size, allocation and backing; NotFound if absent."""
+        ...
+
+    async def resize_volume(self, pool: str, name: str, size_bytes: int) -> VolumeFacts:
+        """Grow a volume that is not attached to a running guest; shrinking is refused."""
+        ...
+
+    async def delete_volume(self, pool: str, name: str) -> None:
+        """Remove a volume (refused while a clone depends on it). No-op if absent."""
+        ...
+
+    async def attach_disk(self, instance: str, disk: DiskAttachment) -> None:
+        """Hot-plug a disk into a running guest (idempotent for an attached id)."""
+        ...
+
+    async def detach_disk(self, instance: str, disk_id: str) -> None:
+        """Hot-unplug a disk from a running guest and wait until QEMU let go of it."""
+        ...
+
+    async def resize_disk(self, instance: str, disk_id: str, size_bytes: int) -> None:
+        """Grow an attached disk while the guest runs; the guest sees the new size."""
         ...
 
     def subscribe(self, handler: AgentEventHandler) -> None:

@@ -27,11 +27,7 @@ DEFAULT_QUEUE_SIZE = 10_000
 
 
 class HostAgent(AgentAPI, Protocol):
-    """The agent of the local host: AgentAPI plus the recipes it can build."""
-
-    def recipes(self) -> list[str]:
-        """Names of the image recipes this host can build."""
-        ...
+    """The agent of the local host (recipes() moved into AgentAPI itself)."""
 
 
 class SubscriptionLagged(Exception):

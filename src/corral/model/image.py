@@ -20,7 +20,11 @@ class ImageState(StrEnum):
 
 
 class Image(BaseModel):
-    """A stored image. `kernel`/`initrd` are paths on the host that built it."""
+    """A stored image. `kernel`/`initrd`/`disk` are paths on the host that built it.
+
+    Kinds: `initramfs` (kernel + initrd, no disk: the tiny guest) and `disk` (kernel + initrd
+    for direct boot, plus a qcow2 root disk: instances boot from a thin clone of it).
+    """
 
     name: str
     kind: str = "initramfs"
@@ -31,6 +35,9 @@ class Image(BaseModel):
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str = ""
+    disk: str | None = None  # "disk" images: the qcow2 root disk that volumes thin-clone
+    disk_virtual_size_bytes: int = 0
+    cloud_init: bool = False  # the guest runs cloud-init: Corral gives it a NoCloud seed
     build_seconds: float | None = None
     created_at: datetime
     message: str = ""

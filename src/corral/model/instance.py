@@ -14,10 +14,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.model.names import name_problem
+from corral.model.storage import (
+    DEFAULT_POOL,
+    MAX_VOLUME_BYTES,
+    MIN_VOLUME_BYTES,
+    InstanceDisk,
+)
 
 MIN_MEMORY_MIB = 32
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_CPUS = 256
+MAX_USER_DATA_BYTES = 64 * 1024
+MAX_DISKS = 16
 
 
 class PowerState(StrEnum):
@@ -78,11 +86,38 @@ class InstanceSpec(BaseModel):
     power: PowerState = Field(default=PowerState.RUNNING)
     machine: Machine = Field(default=Machine.PC)
     on_crash: OnCrash = Field(default=OnCrash.STOP)
+    disks: list[InstanceDisk] = Field(
+        default_factory=list,
+        max_length=MAX_DISKS,
+        description="Volumes attached to the guest, in device order (vda, vdb, ...)",
+    )
+    ssh_keys: list[str] = Field(
+        default_factory=list, max_length=32, description="SSH keys for cloud-init images"
+    )
+    user_data: str | None = Field(
+        default=None,
+        max_length=MAX_USER_DATA_BYTES,
+        description="cloud-init user-data for cloud-init images",
+    )
 
     @field_validator("image")
     @classmethod
     def _image_is_a_name(cls, value: str) -> str:
         return _check_name_field(value, "image")
+
+    @field_validator("disks")
+    @classmethod
+    def _each_volume_once(cls, disks: list[InstanceDisk]) -> list[InstanceDisk]:
+        return _unique_disks(disks)
+
+
+def _unique_disks(disks: list[InstanceDisk]) -> list[InstanceDisk]:
+    seen: set[str] = set()
+    for disk in disks:
+        if disk.volume in seen:
+            raise ValueError(f"volume {disk.volume!r} is listed twice")
+        seen.add(disk.volume)
+    return disks
 
 
 class InstanceSpecPatch(BaseModel):
@@ -95,20 +130,46 @@ class InstanceSpecPatch(BaseModel):
     power: PowerState | None = None
     machine: Machine | None = None
     on_crash: OnCrash | None = None
+    disks: list[InstanceDisk] | None = Field(default=None, max_length=MAX_DISKS)
+
+    @field_validator("disks")
+    @classmethod
+    def _each_volume_once(cls, disks: list[InstanceDisk] | None) -> list[InstanceDisk] | None:
+        return None if disks is None else _unique_disks(disks)
 
     def apply(self, spec: InstanceSpec) -> InstanceSpec:
         """Return `spec` with this patch's fields applied."""
-        changes: dict[str, Any] = self.model_dump(exclude_none=True)
+        changes: dict[str, Any] = {
+            field: getattr(self, field)
+            for field in self.model_fields_set
+            if getattr(self, field) is not None
+        }
         return spec.model_copy(update=changes)
 
 
+class RootDisk(BaseModel):
+    """At create: make the instance a root volume `<name>-root`, a thin clone of its disk image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size_bytes: int | None = Field(default=None, ge=MIN_VOLUME_BYTES, le=MAX_VOLUME_BYTES)
+    pool: str = DEFAULT_POOL
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_name(cls, value: str) -> str:
+        return _check_name_field(value, "pool")
+
+
 class InstanceCreate(BaseModel):
-    """Body of POST /v1/instances."""
+    """Body of POST /v1/instances. `root_disk` applies to disk images (ignored for initramfs
+    images): without it a disk image still gets a root volume of the image's size."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     spec: InstanceSpec
+    root_disk: RootDisk | None = None
 
     @field_validator("name")
     @classmethod

@@ -21,6 +21,27 @@ class GuestRunState(StrEnum):
     ABSENT = "absent"  # no process (never started, exited, killed, or cleaned up)
 
 
+class DiskAttachment(BaseModel):
+    """A volume as a guest device. `id` names the QEMU device/node (stable per volume);
+    `serial` is what the guest sees in /dev/disk/by-id/virtio-<serial>."""
+
+    id: str
+    path: str
+    format: str = "qcow2"
+    read_only: bool = False
+    boot: bool = False
+    serial: str
+
+
+class CloudInitSeed(BaseModel):
+    """What the agent writes into a NoCloud seed (a small `cidata` disk) for cloud-init images."""
+
+    instance_id: str
+    hostname: str
+    ssh_keys: list[str] = Field(default_factory=list)
+    user_data: str | None = None
+
+
 class LaunchRequest(BaseModel):
     """Everything the agent needs to start a guest; the agent adds host paths and accel."""
 
@@ -32,6 +53,8 @@ class LaunchRequest(BaseModel):
     kernel: str
     initrd: str | None = None
     cmdline: str = ""
+    disks: list[DiskAttachment] = Field(default_factory=list)
+    cloud_init: CloudInitSeed | None = None
 
 
 class GuestObservation(BaseModel):
@@ -45,6 +68,7 @@ class GuestObservation(BaseModel):
     argv: list[str] = Field(default_factory=list)
     exit_reason: str | None = None  # for ABSENT after running: "guest-poweroff", "killed", ...
     qmp_status: str | None = None  # QEMU's own runstate ("running", "paused", "shutdown", ...)
+    disks: list[str] = Field(default_factory=list)  # ids of the DiskAttachments attached now
 
 
 class ExecRequest(BaseModel):
@@ -89,6 +113,57 @@ class ImageArtifact(BaseModel):
     digest: str
     recipe: dict[str, Any]
     build_seconds: float
+    disk: str | None = None
+    disk_virtual_size_bytes: int = 0
+    cloud_init: bool = False
+
+
+class PoolConfig(BaseModel):
+    """A pool as the agent must make it exist. `path` None: the agent picks one (see PoolSpec)."""
+
+    name: str
+    driver: str
+    path: str | None = None
+    size_bytes: int | None = None
+
+
+class PoolFacts(BaseModel):
+    """A pool as the agent sees it."""
+
+    name: str
+    driver: str
+    path: str
+    capacity_bytes: int
+    used_bytes: int
+    allocated_bytes: int
+    provisioned_bytes: int
+    volumes: int
+
+
+class VolumeRequest(BaseModel):
+    """Make a volume in a pool. Sources: blank (needs size), `source_path` (an image's qcow2
+    disk, thin clone), or `source_volume` in the same pool (thin clone, or full copy when
+    `full_copy`). `size_bytes` None keeps the source's size; it may only grow it."""
+
+    pool: str
+    name: str
+    size_bytes: int | None = None
+    format: str = "qcow2"
+    source_path: str | None = None
+    source_volume: str | None = None
+    full_copy: bool = False
+
+
+class VolumeFacts(BaseModel):
+    """A volume as the agent sees it."""
+
+    pool: str
+    name: str
+    path: str
+    format: str
+    virtual_size_bytes: int
+    allocated_bytes: int
+    backing: str | None = None
 
 
 class AgentEventKind(StrEnum):

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from corral.model.rpc import (
     AgentEvent,
+    DiskAttachment,
     ExecRequest,
     ExecResult,
     GuestObservation,
@@ -95,6 +96,18 @@ class ComputeBackend(Protocol):
 
     async def console_log(self, name: str, max_bytes: int) -> bytes:
         """The last `max_bytes` of what the guest printed on its console."""
+        ...
+
+    async def attach_disk(self, name: str, disk: DiskAttachment) -> None:
+        """Hot-plug a disk (blockdev + virtio-blk device) into a running guest; idempotent."""
+        ...
+
+    async def detach_disk(self, name: str, disk_id: str) -> None:
+        """Hot-unplug a disk, wait for the guest to release it, then drop the block node."""
+        ...
+
+    async def resize_disk(self, name: str, disk_id: str, size_bytes: int) -> None:
+        """Grow an attached disk online (QMP block_resize); the guest sees the new size."""
         ...
 
     def subscribe(self, handler: AgentEventHandler) -> None:
