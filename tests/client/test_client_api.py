@@ -36,6 +36,7 @@ def test_public_api_is_what_we_mean() -> None:
         "ServerSentEvent",
         "operation_error",
         "resolve_settings",
+        "volume_etag",
     }
 
 

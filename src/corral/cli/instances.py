@@ -5,25 +5,26 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from corral.cli import render
-from corral.cli.progress import follow_operation
-from corral.cli.state import OutputFormat, OutputOption, open_client, output_format
+from corral.cli import inputs, render
+from corral.cli.progress import finish_operation, follow_operation
+from corral.cli.state import (
+    NoWait,
+    OutputFormat,
+    OutputOption,
+    Timeout,
+    open_client,
+    output_format,
+)
 from corral.client import CorralClient
 from corral.errors import Conflict, InvalidInput
 from corral.model import Machine, OnCrash, Operation, PowerState, parse_size
+from corral.model.instance import RootDisk
 
 _MIB = 1024 * 1024
-
-NoWait = Annotated[
-    bool, typer.Option("--no-wait", help="Return at once; follow with `corral operations ID`.")
-]
-Timeout = Annotated[
-    float, typer.Option("--timeout", help="Seconds to wait for the operation.", min=0)
-]
 
 
 def memory_mib(text: str) -> int:
@@ -37,32 +38,6 @@ def memory_mib(text: str) -> int:
             field="memory",
         )
     return mib
-
-
-def _finish(
-    ctx: typer.Context,
-    client: CorralClient,
-    op: Operation,
-    *,
-    no_wait: bool,
-    timeout: float,
-    done: str,
-) -> Operation:
-    """Wait (unless told not to) and say what happened: the operation as JSON, or a line."""
-    json_out = output_format(ctx, None) is OutputFormat.JSON
-    if no_wait:
-        if json_out:
-            render.print_json(op)
-        else:
-            typer.echo(f"Accepted: {op.kind} {op.target} (operation {op.id}).")
-        return op
-    started = time.monotonic()
-    final = follow_operation(client, op, timeout=timeout)
-    if json_out:
-        render.print_json(final)
-    elif done:
-        typer.echo(f"{done} ({time.monotonic() - started:.1f} s).")
-    return final
 
 
 def create(
@@ -79,14 +54,57 @@ def create(
         OnCrash | None, typer.Option("--on-crash", help="What to do when the guest dies.")
     ] = None,
     stopped: Annotated[bool, typer.Option("--stopped", help="Create it powered off.")] = False,
+    disk: Annotated[
+        str | None,
+        typer.Option(
+            "--disk",
+            metavar="SIZE",
+            help="Root disk size for a disk image, e.g. 8G (default: the image's size).",
+        ),
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool", help="Pool for the root disk (default: default).", show_default=False
+        ),
+    ] = None,
+    attach: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--attach",
+            metavar="VOLUME[:ro]",
+            help="Attach an existing volume (repeat for more; in order after the root disk).",
+        ),
+    ] = None,
+    ssh_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ssh-key",
+            metavar="KEY|@FILE",
+            help="SSH public key, or @FILE of one (e.g. @~/.ssh/id_ed25519.pub); repeatable. "
+            "For cloud-init images.",
+        ),
+    ] = None,
+    user_data: Annotated[
+        str | None,
+        typer.Option(
+            "--user-data",
+            metavar="FILE",
+            help="cloud-init user-data file (at most 64 KiB; - reads stdin).",
+        ),
+    ] = None,
     no_wait: NoWait = False,
-    timeout: Timeout = 120.0,
+    timeout: Timeout = 300.0,
 ) -> None:
     """Create an instance and wait until it is ready."""
     try:
         mib = memory_mib(memory) if memory is not None else None
     except InvalidInput as err:
         raise typer.BadParameter(err.message, param_hint="'--memory'") from None
+    root_disk = _root_disk(disk, pool)
+    disks = inputs.disks(attach) if attach else None
+    keys = inputs.ssh_keys(ssh_key) if ssh_key else None
+    seed_user_data = inputs.user_data(user_data) if user_data is not None else None
     started = time.monotonic()
     with open_client(ctx) as client:
         op = client.create_instance(
@@ -97,8 +115,12 @@ def create(
             power=PowerState.STOPPED if stopped else None,
             machine=machine,
             on_crash=on_crash,
+            disks=disks,
+            root_disk=root_disk,
+            ssh_keys=keys,
+            user_data=seed_user_data,
         )
-        _finish(ctx, client, op, no_wait=no_wait, timeout=timeout, done="")
+        finish_operation(ctx, client, op, no_wait=no_wait, timeout=timeout, done="")
         if no_wait or output_format(ctx, None) is OutputFormat.JSON:
             return
         inst = client.get_instance(name)
@@ -111,6 +133,17 @@ def create(
         )
     else:
         typer.echo(f"Created {name}: {status.state} ({here:.2f} s).")
+
+
+def _root_disk(disk: str | None, pool: str | None) -> RootDisk | None:
+    """`root_disk` with only what was given, so the server's defaults fill the rest."""
+    values: dict[str, Any] = {}
+    if disk is not None:
+        values["size_bytes"] = inputs.size(disk, "--disk")
+    if pool is not None:
+        values["pool"] = pool
+    # Unvalidated on purpose: the server checks the pool name and answers with the field.
+    return RootDisk.model_construct(None, **values) if values else None
 
 
 def start(
@@ -173,7 +206,7 @@ def delete(
             else:
                 follow_operation(client, stop_op, timeout=timeout)
         op = client.delete_instance(name)
-        _finish(ctx, client, op, no_wait=no_wait, timeout=timeout, done=f"Deleted {name}")
+        finish_operation(ctx, client, op, no_wait=no_wait, timeout=timeout, done=f"Deleted {name}")
 
 
 def _act(
@@ -184,7 +217,7 @@ def _act(
     done: str,
 ) -> None:
     with open_client(ctx) as client:
-        _finish(ctx, client, call(client), no_wait=no_wait, timeout=timeout, done=done)
+        finish_operation(ctx, client, call(client), no_wait=no_wait, timeout=timeout, done=done)
 
 
 def list_instances(ctx: typer.Context, output: OutputOption = None) -> None:
@@ -204,13 +237,17 @@ def show(
     name: Annotated[str, typer.Argument(help="Instance name.")],
     output: OutputOption = None,
 ) -> None:
-    """Show one instance with its conditions."""
+    """Show one instance with its disks and conditions."""
+    json_out = output_format(ctx, output) is OutputFormat.JSON
     with open_client(ctx) as client:
         inst = client.get_instance(name)
-    if output_format(ctx, output) is OutputFormat.JSON:
+        # Sizes and pools of its disks live on the volumes: one more request, only if needed.
+        volumes = client.list_volumes() if inst.spec.disks and not json_out else []
+    if json_out:
         render.print_json(inst)
     else:
-        render.show(render.instance_details(inst))
+        by_name = {volume.name: volume for volume in volumes}
+        render.show(render.instance_details(inst, by_name))
 
 
 def exec_command(

@@ -12,7 +12,17 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from corral.cli import console, events, hosts, images, instances, operations, serve
+from corral.cli import (
+    console,
+    events,
+    hosts,
+    images,
+    instances,
+    operations,
+    pools,
+    serve,
+    volumes,
+)
 from corral.cli.state import CliState, OutputFormat
 from corral.errors import CorralError
 
@@ -72,7 +82,7 @@ def _global_options(
     ctx.obj = CliState(url=url, data_dir=data_dir, output=output)
 
 
-for room in (instances, console, events, images, hosts, operations, serve):
+for room in (instances, console, events, images, pools, volumes, hosts, operations, serve):
     room.register(app)
 
 

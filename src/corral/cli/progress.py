@@ -5,6 +5,8 @@ Drawn on stderr, so stdout stays clean for JSON, and only when stderr is a termi
 
 from __future__ import annotations
 
+import time
+
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -17,6 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from corral.cli import render
+from corral.cli.state import OutputFormat, output_format
 from corral.client import CorralClient
 from corral.model import Operation
 
@@ -61,3 +65,33 @@ def follow_operation(
                 err=True,
             )
             raise typer.Exit(130) from None
+
+
+def finish_operation(
+    ctx: typer.Context,
+    client: CorralClient,
+    op: Operation,
+    *,
+    no_wait: bool,
+    timeout: float,
+    done: str,
+    bar: bool = False,
+) -> Operation:
+    """Wait (unless told not to) and say what happened: the operation as JSON, or a line.
+
+    `done` is the line printed on success (with the time it took); empty: print nothing.
+    """
+    json_out = output_format(ctx, None) is OutputFormat.JSON
+    if no_wait:
+        if json_out:
+            render.print_json(op)
+        else:
+            typer.echo(f"Accepted: {op.kind} {op.target} (operation {op.id}).")
+        return op
+    started = time.monotonic()
+    final = follow_operation(client, op, timeout=timeout, bar=bar)
+    if json_out:
+        render.print_json(final)
+    elif done:
+        typer.echo(f"{done} ({time.monotonic() - started:.1f} s).")
+    return final

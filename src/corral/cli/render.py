@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from corral.model import Event, Host, Image, Instance, Operation, format_size
+from corral.model.storage import Pool, Volume
 
 _MIB = 1024 * 1024
 _NONE = "-"
@@ -114,8 +115,8 @@ def instances_table(instances: Sequence[Instance]) -> Table:
     return table
 
 
-def instance_details(inst: Instance) -> RenderableType:
-    """`corral show NAME`: spec, status, then the conditions."""
+def instance_details(inst: Instance, volumes: Mapping[str, Volume] | None = None) -> RenderableType:
+    """`corral show NAME`: spec, status, then its disks and the conditions."""
     status, spec = inst.status, inst.spec
     ready_in = (
         f"{status.create_to_ready_ms / 1000:.2f} s" if status.create_to_ready_ms is not None else ""
@@ -144,16 +145,48 @@ def instance_details(inst: Instance) -> RenderableType:
             ("Create to ready", _opt(ready_in)),
         ]
     )
-    if not status.conditions:
-        return grid
-    conditions = Table(title="Conditions", title_justify="left", box=None, pad_edge=False)
-    for column in ("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"):
-        conditions.add_column(column)
-    for cond in status.conditions:
-        conditions.add_row(
-            cond.type, str(cond.status).lower(), cond.reason, age(cond.since), cond.message
+    parts: list[RenderableType] = [grid]
+    if spec.disks:
+        parts += [Text(""), instance_disks(inst, volumes or {})]
+    if status.conditions:
+        conditions = Table(title="Conditions", title_justify="left", box=None, pad_edge=False)
+        for column in ("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"):
+            conditions.add_column(column)
+        for cond in status.conditions:
+            conditions.add_row(
+                cond.type, str(cond.status).lower(), cond.reason, age(cond.since), cond.message
+            )
+        parts += [Text(""), conditions]
+    return grid if len(parts) == 1 else Group(*parts)
+
+
+def device_name(index: int) -> str:
+    """The guest's name for the disk at `index` of `spec.disks`: vda, vdb, ... vdz, vdaa."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return f"vd{letters}"
+
+
+def instance_disks(inst: Instance, volumes: Mapping[str, Volume]) -> Table:
+    """The Disks section of `corral show NAME`; sizes and pools from `volumes` when known."""
+    table = Table(title="Disks", title_justify="left", box=None, pad_edge=False)
+    for column in ("DEVICE", "VOLUME", "SIZE", "POOL", "BOOT", "MODE", "STATE"):
+        table.add_column(column, no_wrap=True)
+    for index, disk in enumerate(inst.spec.disks):
+        volume = volumes.get(disk.volume)
+        table.add_row(
+            device_name(index),
+            disk.volume,
+            _size(volume_size(volume)) if volume else _NONE,
+            volume.spec.pool if volume else _NONE,
+            "yes" if disk.boot else "no",
+            "ro" if disk.read_only else "rw",
+            _state_text(volume.status.state) if volume else Text("missing", style="red"),
         )
-    return Group(grid, Text(""), conditions)
+    return table
 
 
 def images_table(images: Sequence[Image]) -> Table:
@@ -212,6 +245,129 @@ def hosts_table(hosts: Sequence[Host]) -> Table:
             host.accel_reason,
         )
     return table
+
+
+def _size(n_bytes: int | None) -> str:
+    return _NONE if n_bytes is None else format_size(n_bytes)
+
+
+def volume_size(volume: Volume) -> int | None:
+    """What the guest sees: the observed virtual size, else the size asked for."""
+    return volume.status.virtual_size_bytes or volume.spec.size_bytes
+
+
+def _backing(volume: Volume) -> str:
+    """What a volume is thinly cloned from, by name (a full copy has no backing)."""
+    source = volume.spec.source
+    if source.kind == "image":
+        return f"image/{source.image}"
+    if source.kind == "volume":
+        return f"volume/{source.volume}"
+    return _opt(volume.status.backing)
+
+
+def volume_source_text(volume: Volume) -> str:
+    """Where a volume's bytes came from, in words: `thin clone of image debian-12`."""
+    source = volume.spec.source
+    if source.kind == "image":
+        return f"thin clone of image {source.image}"
+    if source.kind == "volume":
+        return f"thin clone of volume {source.volume}"
+    if source.kind == "copy":
+        return f"full copy of volume {source.volume}"
+    return "blank"
+
+
+def pools_table(pools: Sequence[Pool]) -> Table:
+    """`corral pool list`."""
+    table = Table(box=None, pad_edge=False)
+    columns = ("NAME", "DRIVER", "STATE", "PATH", "CAPACITY", "USED", "ALLOCATED", "PROVISIONED")
+    for column in (*columns, "VOLUMES"):
+        table.add_column(column, no_wrap=True)
+    for pool in pools:
+        status = pool.status
+        table.add_row(
+            pool.name,
+            str(pool.spec.driver),
+            _state_text(status.state),
+            _opt(status.path or pool.spec.path),
+            _size(status.capacity_bytes),
+            _size(status.used_bytes),
+            _size(status.allocated_bytes),
+            _size(status.provisioned_bytes),
+            str(status.volumes),
+        )
+    return table
+
+
+def pool_details(pool: Pool) -> Table:
+    """`corral pool show NAME`."""
+    status = pool.status
+    free = max(status.capacity_bytes - status.used_bytes, 0)
+    return _details(
+        [
+            ("Name", pool.name),
+            ("UID", pool.uid),
+            ("Driver", str(pool.spec.driver)),
+            ("State", _state_text(status.state)),
+            ("Path", _opt(status.path or pool.spec.path)),
+            ("Loop size", _size(pool.spec.size_bytes)),
+            ("Capacity", _size(status.capacity_bytes)),
+            ("Used", f"{_size(status.used_bytes)} ({_size(free)} free)"),
+            ("Allocated", f"{_size(status.allocated_bytes)} (by this pool's volumes)"),
+            ("Provisioned", f"{_size(status.provisioned_bytes)} (sum of volume sizes)"),
+            ("Volumes", str(status.volumes)),
+            ("Generation", f"{pool.generation} (observed {status.observed_generation})"),
+            ("Created", _when(pool.created_at)),
+            ("Message", _opt(status.message)),
+        ]
+    )
+
+
+def volumes_table(volumes: Sequence[Volume]) -> Table:
+    """`corral volume list`."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "POOL", "SIZE", "ALLOCATED", "FORMAT", "STATE", "ATTACHED TO"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("BACKING")
+    for volume in volumes:
+        status = volume.status
+        table.add_row(
+            volume.name,
+            volume.spec.pool,
+            _size(volume_size(volume)),
+            _size(status.allocated_bytes),
+            str(status.format or volume.spec.format),
+            _state_text(status.state),
+            _opt(status.attached_to),
+            _backing(volume),
+        )
+    return table
+
+
+def volume_details(volume: Volume) -> Table:
+    """`corral volume show NAME`."""
+    status, spec = volume.status, volume.spec
+    asked = _size(spec.size_bytes) if spec.size_bytes is not None else "the source's"
+    return _details(
+        [
+            ("Name", volume.name),
+            ("UID", volume.uid),
+            ("Pool", spec.pool),
+            ("State", _state_text(status.state)),
+            ("Size", f"{_size(volume_size(volume))} (asked: {asked})"),
+            ("Allocated", _size(status.allocated_bytes)),
+            ("Format", str(status.format or spec.format)),
+            ("Source", volume_source_text(volume)),
+            ("Backing file", _opt(status.backing)),
+            ("Attached to", _opt(status.attached_to)),
+            ("Owner", _opt(status.owner)),
+            ("Path", _opt(status.path)),
+            ("Generation", f"{volume.generation} (observed {status.observed_generation})"),
+            ("Created", _when(volume.created_at)),
+            ("Message", _opt(status.message)),
+        ]
+    )
 
 
 def operations_table(operations: Sequence[Operation]) -> Table:

@@ -48,6 +48,12 @@ OutputOption = Annotated[
     OutputFormat | None,
     typer.Option("--output", "-o", help="table or json (overrides the global -o)."),
 ]
+NoWait = Annotated[
+    bool, typer.Option("--no-wait", help="Return at once; follow with `corral operations ID`.")
+]
+Timeout = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for the operation.", min=0)
+]
 
 
 def cli_state(ctx: typer.Context) -> CliState:

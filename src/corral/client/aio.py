@@ -30,7 +30,16 @@ from corral.client.settings import normalize_url, resolve_settings
 from corral.client.sse import SSEDecoder
 from corral.errors import CorralError
 from corral.model import Event, Host, Image, Instance, Machine, OnCrash, Operation, PowerState
+from corral.model.instance import RootDisk
 from corral.model.rpc import ExecResult
+from corral.model.storage import (
+    InstanceDisk,
+    Pool,
+    PoolDriver,
+    Volume,
+    VolumeFormat,
+    VolumeSource,
+)
 
 M = TypeVar("M", bound=BaseModel)
 OperationCallback = Callable[[Operation], None]
@@ -175,6 +184,12 @@ class AsyncCorralClient:
     async def _operation(self, method: str, path: str, body: Any = None) -> Operation:
         return self._parse(Operation, await self._request(method, path, json=body))
 
+    async def _patch(self, path: str, body: Any, if_match: str | None) -> Operation:
+        headers = {"If-Match": if_match} if if_match else None
+        return self._parse(
+            Operation, await self._request("PATCH", path, json=body, headers=headers)
+        )
+
     # -- health -----------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
@@ -203,10 +218,17 @@ class AsyncCorralClient:
         power: PowerState | None = None,
         machine: Machine | None = None,
         on_crash: OnCrash | None = None,
+        disks: Sequence[InstanceDisk | str] | None = None,
+        root_disk: RootDisk | None = None,
+        ssh_keys: Sequence[str] | None = None,
+        user_data: str | None = None,
     ) -> Operation:
         """Create an instance (it exists at once); returns the `create` operation.
 
-        Unset fields are left out so the server's defaults apply and the server alone validates.
+        `disks` are volumes to attach in device order (a name is a plain read-write data disk);
+        `root_disk` sizes/places the root volume of a disk image; `ssh_keys`/`user_data` reach
+        cloud-init images. Unset fields are left out so the server's defaults apply and the
+        server alone validates.
         """
         spec = _drop_none(
             image=image,
@@ -215,8 +237,14 @@ class AsyncCorralClient:
             power=power,
             machine=machine,
             on_crash=on_crash,
+            disks=_disks(disks),
+            ssh_keys=list(ssh_keys) if ssh_keys is not None else None,
+            user_data=user_data,
         )
-        return await self._operation("POST", "/v1/instances", {"name": name, "spec": spec})
+        body: dict[str, Any] = {"name": name, "spec": spec}
+        if root_disk is not None:
+            body["root_disk"] = root_disk.model_dump(mode="json", exclude_unset=True)
+        return await self._operation("POST", "/v1/instances", body)
 
     async def update_instance(
         self,
@@ -227,17 +255,22 @@ class AsyncCorralClient:
         power: PowerState | None = None,
         machine: Machine | None = None,
         on_crash: OnCrash | None = None,
+        disks: Sequence[InstanceDisk | str] | None = None,
         if_match: str | None = None,
     ) -> Operation:
-        """Change some spec fields; with `if_match` (an ETag) a concurrent change raises 412."""
+        """Change some spec fields; with `if_match` (an ETag) a concurrent change raises 412.
+
+        `disks` replaces the whole list; on a running guest the difference is hot-plugged.
+        """
         spec = _drop_none(
-            cpus=cpus, memory_mib=memory_mib, power=power, machine=machine, on_crash=on_crash
+            cpus=cpus,
+            memory_mib=memory_mib,
+            power=power,
+            machine=machine,
+            on_crash=on_crash,
+            disks=_disks(disks),
         )
-        headers = {"If-Match": if_match} if if_match else None
-        response = await self._request(
-            "PATCH", f"/v1/instances/{_name(name)}", json={"spec": spec}, headers=headers
-        )
-        return self._parse(Operation, response)
+        return await self._patch(f"/v1/instances/{_name(name)}", {"spec": spec}, if_match)
 
     async def delete_instance(self, name: str) -> Operation:
         """Delete an instance; a running guest is shut down first."""
@@ -312,6 +345,81 @@ class AsyncCorralClient:
             return [str(item) for item in response.json()["items"]]
         except (ValueError, KeyError, TypeError) as err:
             raise bad_response(self.url, "GET", "/v1/recipes", err) from err
+
+    # -- storage: pools -----------------------------------------------------------------------
+
+    async def list_pools(self) -> list[Pool]:
+        """All storage pools, with capacity and use."""
+        return await self._list("/v1/pools", Pool)
+
+    async def get_pool(self, name: str) -> Pool:
+        """One pool."""
+        return await self._get(f"/v1/pools/{_name(name)}", Pool)
+
+    async def create_pool(
+        self,
+        name: str,
+        *,
+        driver: PoolDriver | None = None,
+        path: str | None = None,
+        size_bytes: int | None = None,
+    ) -> Operation:
+        """Create a pool (`path`: a directory or btrfs mount on the server's host; `size_bytes`:
+        the loop file of a btrfs pool without `path`); returns the `pool-create` operation."""
+        spec = _drop_none(driver=driver, path=path, size_bytes=size_bytes)
+        return await self._operation("POST", "/v1/pools", {"name": name, "spec": spec})
+
+    async def delete_pool(self, name: str) -> Operation:
+        """Delete an empty pool; Conflict (`pool_not_empty`) while it holds volumes."""
+        return await self._operation("DELETE", f"/v1/pools/{_name(name)}")
+
+    # -- storage: volumes -------------------------------------------------------------------
+
+    async def list_volumes(self, *, pool: str | None = None) -> list[Volume]:
+        """All volumes, or those of one pool."""
+        params = {"pool": pool} if pool is not None else None
+        return self._parse_items(Volume, await self._request("GET", "/v1/volumes", params=params))
+
+    async def get_volume(self, name: str) -> Volume:
+        """One volume; its ETag (for `resize_volume(if_match=...)`) is `volume_etag(volume)`."""
+        return await self._get(f"/v1/volumes/{_name(name)}", Volume)
+
+    async def create_volume(
+        self,
+        name: str,
+        *,
+        size_bytes: int | None = None,
+        pool: str | None = None,
+        format: VolumeFormat | None = None,
+        source: VolumeSource | None = None,
+    ) -> Operation:
+        """Create a volume: blank (needs `size_bytes`), or from `source` (a thin clone of an
+        image or volume, or a full copy); returns the `volume-create` operation."""
+        spec = _drop_none(pool=pool, size_bytes=size_bytes, format=format)
+        if source is not None:
+            spec["source"] = source.model_dump(mode="json", exclude_none=True)
+        return await self._operation("POST", "/v1/volumes", {"name": name, "spec": spec})
+
+    async def resize_volume(
+        self, name: str, size_bytes: int, *, if_match: str | None = None
+    ) -> Operation:
+        """Grow a volume to `size_bytes` (online when its guest runs); InvalidInput
+        (`shrink_refused`) when smaller; with `if_match` a concurrent change raises 412."""
+        body = {"spec": {"size_bytes": size_bytes}}
+        return await self._patch(f"/v1/volumes/{_name(name)}", body, if_match)
+
+    async def delete_volume(self, name: str) -> Operation:
+        """Delete a volume; Conflict (`volume_attached`, `volume_in_use`) while it is used."""
+        return await self._operation("DELETE", f"/v1/volumes/{_name(name)}")
+
+    async def attach_volume(self, name: str, instance: str) -> Operation:
+        """Attach a volume to an instance as its next disk (hot-plugged when it runs)."""
+        path = f"/v1/volumes/{_name(name)}/actions/attach"
+        return await self._operation("POST", path, {"instance": instance})
+
+    async def detach_volume(self, name: str) -> Operation:
+        """Detach a volume from whatever instance has it (hot-unplugged when it runs)."""
+        return await self._operation("POST", f"/v1/volumes/{_name(name)}/actions/detach", {})
 
     # -- hosts ------------------------------------------------------------------------------
 
@@ -439,3 +547,20 @@ class AsyncCorralClient:
 
 def _drop_none(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
+
+
+def _disks(disks: Sequence[InstanceDisk | str] | None) -> list[dict[str, Any]] | None:
+    """`spec.disks` as JSON: only what differs from the defaults, so the server's apply."""
+    if disks is None:
+        return None
+    return [
+        {"volume": disk}
+        if isinstance(disk, str)
+        else disk.model_dump(mode="json", exclude_defaults=True)
+        for disk in disks
+    ]
+
+
+def volume_etag(volume: Volume) -> str:
+    """The ETag the server gives a volume (`"<generation>"`, docs/api.md), for If-Match."""
+    return f'"{volume.generation}"'

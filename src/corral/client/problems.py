@@ -46,6 +46,13 @@ _BY_OPERATION_CODE: dict[str, type[CorralError]] = {
     "insufficient_capacity": Conflict,
     "guest_agent_error": GuestAgentError,
     "image_build_failed": ImageBuildError,
+    "unknown_pool": InvalidInput,
+    "unknown_volume": InvalidInput,
+    "not_a_disk_image": InvalidInput,
+    "shrink_refused": InvalidInput,
+    "volume_attached": Conflict,
+    "volume_in_use": Conflict,
+    "pool_not_empty": Conflict,
 }
 
 

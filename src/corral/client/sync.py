@@ -19,7 +19,16 @@ from corral import paths
 from corral.client.aio import DEFAULT_TIMEOUT_S, AsyncCorralClient, OperationCallback
 from corral.client.settings import resolve_settings
 from corral.model import Event, Host, Image, Instance, Machine, OnCrash, Operation, PowerState
+from corral.model.instance import RootDisk
 from corral.model.rpc import ExecResult
+from corral.model.storage import (
+    InstanceDisk,
+    Pool,
+    PoolDriver,
+    Volume,
+    VolumeFormat,
+    VolumeSource,
+)
 
 T = TypeVar("T")
 
@@ -130,6 +139,10 @@ class CorralClient:
         power: PowerState | None = None,
         machine: Machine | None = None,
         on_crash: OnCrash | None = None,
+        disks: Sequence[InstanceDisk | str] | None = None,
+        root_disk: RootDisk | None = None,
+        ssh_keys: Sequence[str] | None = None,
+        user_data: str | None = None,
     ) -> Operation:
         """Create an instance; returns the `create` operation."""
         return self.run(
@@ -141,6 +154,10 @@ class CorralClient:
                 power=power,
                 machine=machine,
                 on_crash=on_crash,
+                disks=disks,
+                root_disk=root_disk,
+                ssh_keys=ssh_keys,
+                user_data=user_data,
             )
         )
 
@@ -153,6 +170,7 @@ class CorralClient:
         power: PowerState | None = None,
         machine: Machine | None = None,
         on_crash: OnCrash | None = None,
+        disks: Sequence[InstanceDisk | str] | None = None,
         if_match: str | None = None,
     ) -> Operation:
         """Change some spec fields (optionally guarded by an ETag)."""
@@ -164,6 +182,7 @@ class CorralClient:
                 power=power,
                 machine=machine,
                 on_crash=on_crash,
+                disks=disks,
                 if_match=if_match,
             )
         )
@@ -220,6 +239,71 @@ class CorralClient:
     def list_recipes(self) -> list[str]:
         """Recipe names."""
         return self.run(self.aio.list_recipes())
+
+    def list_pools(self) -> list[Pool]:
+        """All storage pools."""
+        return self.run(self.aio.list_pools())
+
+    def get_pool(self, name: str) -> Pool:
+        """One pool."""
+        return self.run(self.aio.get_pool(name))
+
+    def create_pool(
+        self,
+        name: str,
+        *,
+        driver: PoolDriver | None = None,
+        path: str | None = None,
+        size_bytes: int | None = None,
+    ) -> Operation:
+        """Create a pool; returns the `pool-create` operation."""
+        return self.run(self.aio.create_pool(name, driver=driver, path=path, size_bytes=size_bytes))
+
+    def delete_pool(self, name: str) -> Operation:
+        """Delete an empty pool."""
+        return self.run(self.aio.delete_pool(name))
+
+    def list_volumes(self, *, pool: str | None = None) -> list[Volume]:
+        """All volumes, or those of one pool."""
+        return self.run(self.aio.list_volumes(pool=pool))
+
+    def get_volume(self, name: str) -> Volume:
+        """One volume."""
+        return self.run(self.aio.get_volume(name))
+
+    def create_volume(
+        self,
+        name: str,
+        *,
+        size_bytes: int | None = None,
+        pool: str | None = None,
+        format: VolumeFormat | None = None,
+        source: VolumeSource | None = None,
+    ) -> Operation:
+        """Create a volume; returns the `volume-create` operation."""
+        return self.run(
+            self.aio.create_volume(
+                name, size_bytes=size_bytes, pool=pool, format=format, source=source
+            )
+        )
+
+    def resize_volume(
+        self, name: str, size_bytes: int, *, if_match: str | None = None
+    ) -> Operation:
+        """Grow a volume (optionally guarded by an ETag)."""
+        return self.run(self.aio.resize_volume(name, size_bytes, if_match=if_match))
+
+    def delete_volume(self, name: str) -> Operation:
+        """Delete a volume that is neither attached nor cloned from."""
+        return self.run(self.aio.delete_volume(name))
+
+    def attach_volume(self, name: str, instance: str) -> Operation:
+        """Attach a volume to an instance."""
+        return self.run(self.aio.attach_volume(name, instance))
+
+    def detach_volume(self, name: str) -> Operation:
+        """Detach a volume from its instance."""
+        return self.run(self.aio.detach_volume(name))
 
     def list_hosts(self) -> list[Host]:
         """All hosts."""

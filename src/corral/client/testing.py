@@ -16,6 +16,14 @@ import httpx
 from pydantic import BaseModel
 
 from corral.model import Instance, InstanceSpec, InstanceStatus, Operation
+from corral.model.storage import (
+    Pool,
+    PoolSpec,
+    PoolStatus,
+    Volume,
+    VolumeSpec,
+    VolumeStatus,
+)
 
 Answer = httpx.Response | Callable[[httpx.Request], httpx.Response]
 
@@ -118,3 +126,34 @@ def sample_operation(op_id: str = "op-1", **fields: Any) -> Operation:
     }
     values.update(fields)
     return Operation(id=op_id, **values)
+
+
+def sample_pool(name: str = "default", spec: PoolSpec | None = None, **status: Any) -> Pool:
+    """A Pool as the server would send it (a `dir` pool unless told), `status` fields as given."""
+    return Pool(
+        name=name,
+        uid=f"uid-{name}",
+        created_at=SAMPLE_TIME,
+        updated_at=SAMPLE_TIME,
+        spec=spec or PoolSpec(),
+        status=PoolStatus(**status),
+    )
+
+
+def sample_volume(
+    name: str = "data",
+    pool: str = "default",
+    size_bytes: int = 1024**3,
+    generation: int = 1,
+    **status: Any,
+) -> Volume:
+    """A blank Volume as the server would send it, with `status` fields as given."""
+    return Volume(
+        name=name,
+        uid=f"uid-{name}",
+        generation=generation,
+        created_at=SAMPLE_TIME,
+        updated_at=SAMPLE_TIME,
+        spec=VolumeSpec(pool=pool, size_bytes=size_bytes),
+        status=VolumeStatus(**status),
+    )
