@@ -18,11 +18,14 @@ def build_agent(
     runtime_dir: Path,
     images_dir: Path,
     cache_dir: Path,
+    pools_dir: Path | None = None,
 ) -> Agent:
     """An agent with the named compute backend ("qemu" or "fake").
 
     The fake backend gets the fake image builder too, so tests never download packages.
+    Storage pools follow the driver each pool asks for (`dir` works with either compute
+    backend; `fake` is there for tests); `pools_dir` defaults to `<images_dir>/../pools`.
     """
     backend = make_compute_backend(compute, runtime_dir)
     builder: ImageBuilder = FakeImageBuilder() if compute == "fake" else DebianImageBuilder()
-    return Agent(host_name, backend, builder, images_dir, cache_dir)
+    return Agent(host_name, backend, builder, images_dir, cache_dir, pools_dir=pools_dir)

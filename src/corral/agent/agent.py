@@ -1,28 +1,46 @@
 """The host daemon's brain-free core: it executes and observes, it decides nothing.
 
 It implements the control plane's AgentAPI (corral.bus.agent_link) structurally, on top of one
-compute backend and one image builder.
+compute backend, one image builder and one storage backend per pool.
+
+Pools the agent has ensured are remembered in `<pools_dir>/<name>.pool.json`, so a restarted
+agent knows them; the first use of a pool in a process ensures it again (a btrfs loop is
+mounted again after a reboot, unfinished volume files are removed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from corral.agent.compute.base import AgentEventHandler, ComputeBackend
 from corral.agent.image_builders import ImageBuilder, ProgressFn
-from corral.errors import ImageBuildError
+from corral.agent.storage import StorageBackend, make_storage_backend
+from corral.errors import Conflict, HostError, ImageBuildError, NotFound
 from corral.model.names import validate_name
 from corral.model.rpc import (
+    DiskAttachment,
     ExecRequest,
     ExecResult,
     GuestObservation,
     HostFacts,
     ImageArtifact,
     LaunchRequest,
+    PoolConfig,
+    PoolFacts,
+    VolumeFacts,
+    VolumeRequest,
 )
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+POOL_CONFIG_SUFFIX = ".pool.json"
 
 
 def _memory_mib() -> int:
@@ -34,7 +52,8 @@ def _memory_mib() -> int:
 
 
 class Agent:
-    """One host's agent: guests through `compute`, images through `builder`."""
+    """One host's agent: guests through `compute`, images through `builder`, volumes through
+    one storage backend per pool (kept in `pools`)."""
 
     def __init__(
         self,
@@ -43,14 +62,21 @@ class Agent:
         builder: ImageBuilder,
         images_dir: Path,
         cache_dir: Path,
+        pools_dir: Path | None = None,
     ) -> None:
         self.host_name = host_name
         self.compute = compute
         self.builder = builder
         self.images_dir = images_dir
         self.cache_dir = cache_dir
+        self.pools_dir = pools_dir if pools_dir is not None else images_dir.parent / "pools"
         images_dir.mkdir(parents=True, exist_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
+        self.pools_dir.mkdir(parents=True, exist_ok=True)
+        self.pools: dict[str, StorageBackend] = {}
+        self._pool_locks: dict[str, asyncio.Lock] = {}
+        self._ensured: set[str] = set()  # pools ensured by this process (after a restart: none)
+        self._load_pool_configs()
 
     def __repr__(self) -> str:
         return f"Agent(host={self.host_name!r}, compute={self.compute.name!r})"
@@ -150,6 +176,150 @@ class Agent:
         validate_name(name, "name")
         await asyncio.to_thread(shutil.rmtree, self.images_dir / name, True)
 
+    # -- storage ----------------------------------------------------------------------------------
+
+    def _config_file(self, pool: str) -> Path:
+        return self.pools_dir / f"{pool}{POOL_CONFIG_SUFFIX}"
+
+    def _load_pool_configs(self) -> None:
+        """Know the pools ensured before this process started (without touching them yet)."""
+        for path in sorted(self.pools_dir.glob(f"*{POOL_CONFIG_SUFFIX}")):
+            try:
+                config = PoolConfig.model_validate_json(path.read_text())
+                self.pools[config.name] = make_storage_backend(config, self.pools_dir)
+            except Exception as err:  # one bad file must not stop the agent; say which
+                log.error("ignoring pool config %s: %s", path, err)
+
+    def _lock(self, pool: str) -> asyncio.Lock:
+        return self._pool_locks.setdefault(pool, asyncio.Lock())
+
+    def _known_pool(self, pool: str, field: str = "pool") -> StorageBackend:
+        validate_name(pool, field)
+        backend = self.pools.get(pool)
+        if backend is None:
+            raise NotFound(
+                f"pool {pool!r} is not known on host {self.host_name!r}; ensure it first",
+                code="unknown_pool",
+                field=field,
+            )
+        return backend
+
+    async def _locked(self, pool: str, call: Callable[[], T]) -> T:
+        """Run `call` in a worker thread holding the pool's lock until the thread is done, even
+        when the caller is cancelled (a thread cannot be stopped; the next change must wait)."""
+        async with self._lock(pool):
+            work = asyncio.ensure_future(asyncio.to_thread(call))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await asyncio.wait({work})
+                raise
+
+    async def _ready_pool(self, pool: str, field: str = "pool") -> StorageBackend:
+        """The pool's backend, ensured once per process (re-mounts after a reboot)."""
+        backend = self._known_pool(pool, field)
+        if pool not in self._ensured:
+            await self._locked(pool, backend.ensure)
+            self._ensured.add(pool)
+        return backend
+
+    async def _mutate(self, pool: str, call: Callable[[StorageBackend], T]) -> T:
+        """Run a changing call on a ready pool, one at a time per pool, in a worker thread."""
+        backend = await self._ready_pool(pool)
+        return await self._locked(pool, lambda: call(backend))
+
+    async def ensure_pool(self, config: PoolConfig) -> PoolFacts:
+        """Make the pool exist and be usable; remember it for the next agent process."""
+        validate_name(config.name, "name")
+        backend = make_storage_backend(config, self.pools_dir)
+        known = self.pools.get(config.name)
+        if known is not None and _placement(known) != _placement(backend):
+            raise Conflict(
+                f"pool {config.name!r} already exists on host {self.host_name!r} as "
+                f"{known.driver} at {known.path}; delete it before making it anew",
+                code="pool_exists",
+            )
+
+        def ensure_and_remember() -> None:
+            backend.ensure()
+            self._save_pool_config(config)
+
+        await self._locked(config.name, ensure_and_remember)
+        self.pools[config.name] = backend
+        self._ensured.add(config.name)
+        return await asyncio.to_thread(backend.facts)
+
+    def _save_pool_config(self, config: PoolConfig) -> None:
+        path = self._config_file(config.name)
+        tmp = path.with_name(path.name + ".partial")
+        try:
+            tmp.write_text(config.model_dump_json() + "\n")
+            os.rename(tmp, path)
+        except OSError as err:
+            raise HostError(f"cannot remember pool {config.name!r} in {path}: {err}") from err
+
+    async def pool_facts(self, pool: str) -> PoolFacts:
+        """Capacity and usage of a pool."""
+        backend = await self._ready_pool(pool)
+        return await asyncio.to_thread(backend.facts)
+
+    async def list_volumes(self, pool: str) -> list[VolumeFacts]:
+        """Every volume in a pool (to find orphans after a crash; not in AgentAPI yet)."""
+        backend = await self._ready_pool(pool)
+        return await asyncio.to_thread(backend.list_volumes)
+
+    async def delete_pool(self, pool: str) -> None:
+        """Remove an empty pool and everything made for it; no-op if unknown."""
+        validate_name(pool, "pool")
+        backend = self.pools.get(pool)
+        if backend is None:
+            return
+
+        def destroy_and_forget() -> None:
+            backend.destroy()
+            with contextlib.suppress(FileNotFoundError):
+                self._config_file(pool).unlink()
+
+        await self._locked(pool, destroy_and_forget)
+        self.pools.pop(pool, None)
+        self._ensured.discard(pool)
+
+    async def create_volume(self, req: VolumeRequest) -> VolumeFacts:
+        """Make a volume, all or nothing."""
+        validate_name(req.name, "name")
+        return await self._mutate(req.pool, lambda backend: backend.create_volume(req))
+
+    async def volume_facts(self, pool: str, name: str) -> VolumeFacts:
+        """A volume's size, allocation and backing."""
+        validate_name(name, "name")
+        backend = await self._ready_pool(pool)
+        return await asyncio.to_thread(backend.volume_facts, name)
+
+    async def resize_volume(self, pool: str, name: str, size_bytes: int) -> VolumeFacts:
+        """Grow a volume no guest has open (online growth is resize_disk)."""
+        validate_name(name, "name")
+        return await self._mutate(pool, lambda backend: backend.resize_volume(name, size_bytes))
+
+    async def delete_volume(self, pool: str, name: str) -> None:
+        """Remove a volume; no-op if absent."""
+        validate_name(name, "name")
+        await self._mutate(pool, lambda backend: backend.delete_volume(name))
+
+    async def attach_disk(self, instance: str, disk: DiskAttachment) -> None:
+        """Hot-plug a disk into a running guest."""
+        validate_name(instance, "instance")
+        await self.compute.attach_disk(instance, disk)
+
+    async def detach_disk(self, instance: str, disk_id: str) -> None:
+        """Hot-unplug a disk from a running guest."""
+        validate_name(instance, "instance")
+        await self.compute.detach_disk(instance, disk_id)
+
+    async def resize_disk(self, instance: str, disk_id: str, size_bytes: int) -> None:
+        """Grow an attached disk while the guest runs."""
+        validate_name(instance, "instance")
+        await self.compute.resize_disk(instance, disk_id, size_bytes)
+
     def subscribe(self, handler: AgentEventHandler) -> None:
         """Guest events from the compute backend."""
         self.compute.subscribe(handler)
@@ -157,3 +327,8 @@ class Agent:
     async def close(self) -> None:
         """Let go; guests keep running."""
         await self.compute.close()
+
+
+def _placement(backend: StorageBackend) -> tuple[str, Path]:
+    """What makes two configs of one pool the same pool: its driver and directory."""
+    return backend.driver, backend.path
