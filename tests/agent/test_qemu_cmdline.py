@@ -14,7 +14,7 @@ from corral.agent.compute.qemu.cmdline import (
 )
 from corral.agent.compute.qemu.runtime import RuntimePaths
 from corral.errors import InvalidInput
-from corral.model.rpc import LaunchRequest
+from corral.model.rpc import CloudInitSeed, DiskAttachment, LaunchRequest
 
 UID = "6f1c2a8e-3d4b-4c5a-9e7f-0a1b2c3d4e5f"
 PATHS = RuntimePaths(Path("/run/corral/web1"))
@@ -164,3 +164,99 @@ def test_machine_is_supported(machine: str, supported: bool) -> None:
 )
 def test_parse_tsc_khz(cpuinfo: str, khz: int | None) -> None:
     assert parse_tsc_khz(cpuinfo) == khz
+
+
+def disk(disk_id: str, path: str, **overrides: object) -> DiskAttachment:
+    fields: dict[str, object] = {"id": disk_id, "path": path, "serial": f"s-{disk_id}"}
+    fields.update(overrides)
+    return DiskAttachment.model_validate(fields)
+
+
+def after_guest_agent(argv: list[str]) -> list[str]:
+    """The words between the guest agent's port and -pidfile: disks, seed, hot-plug ports."""
+    start = next(i for i, word in enumerate(argv) if word.startswith("virtserialport,"))
+    return argv[start + 1 : argv.index("-pidfile")]
+
+
+def test_pc_disks_are_two_block_nodes_and_a_virtio_blk_each_boot_disk_first() -> None:
+    disks = [
+        disk("data", "/pool/data.qcow2"),
+        disk("root", "/pool/root.qcow2", boot=True),
+        disk("iso", "/pool/install.raw", format="raw", read_only=True),
+    ]
+    argv = build_argv(request(disks=disks), PATHS, "tcg", "qemu")
+    assert after_guest_agent(argv) == [
+        "-blockdev", "driver=file,node-name=root-file,filename=/pool/root.qcow2,discard=unmap",
+        "-blockdev", "driver=qcow2,node-name=root,file=root-file,discard=unmap",
+        "-device", "virtio-blk-pci,drive=root,id=root,serial=s-root",
+        "-blockdev", "driver=file,node-name=data-file,filename=/pool/data.qcow2,discard=unmap",
+        "-blockdev", "driver=qcow2,node-name=data,file=data-file,discard=unmap",
+        "-device", "virtio-blk-pci,drive=data,id=data,serial=s-data",
+        "-blockdev",
+        "driver=file,node-name=iso-file,filename=/pool/install.raw,read-only=on,discard=unmap",
+        "-blockdev", "driver=raw,node-name=iso,file=iso-file,read-only=on,discard=unmap",
+        "-device", "virtio-blk-pci,drive=iso,id=iso,serial=s-iso",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("machine", "ports", "device"),
+    [
+        ("pc", 0, "virtio-blk-pci,drive=d1,id=d1,serial=s-d1"),
+        ("microvm", 0, "virtio-blk-device,drive=d1,id=d1,serial=s-d1"),
+        ("q35", 5, "virtio-blk-pci,drive=d1,id=d1,serial=s-d1,bus=corral_port0"),
+    ],
+)
+def test_q35_gets_a_root_port_per_disk_plus_four_spare_for_hot_plug(
+    machine: str, ports: int, device: str
+) -> None:
+    argv = build_argv(request(machine=machine, disks=[disk("d1", "/p/d1")]), PATHS, "tcg", "qemu")
+    words = after_guest_agent(argv)
+    assert [w for w in words if w.startswith("pcie-root-port")] == [
+        f"pcie-root-port,id=corral_port{i},chassis={i + 1}" for i in range(ports)
+    ]
+    assert [w for w in words if "drive=d1" in w] == [device]
+
+
+def test_q35_without_disks_still_has_ports_for_hot_plug() -> None:
+    argv = build_argv(request(machine="q35"), PATHS, "tcg", "qemu")
+    assert sum(w.startswith("pcie-root-port") for w in argv) == 4
+
+
+def test_cloud_init_seed_is_a_read_only_raw_disk_after_the_others() -> None:
+    seed = CloudInitSeed(instance_id="i-1", hostname="web1")
+    argv = build_argv(
+        request(disks=[disk("root", "/p/root", boot=True)], cloud_init=seed), PATHS, "tcg", "qemu"
+    )
+    assert after_guest_agent(argv)[-6:] == [
+        "-blockdev",
+        "driver=file,node-name=corral_seed-file,filename=/run/corral/web1/seed.img,"
+        "read-only=on,discard=unmap",
+        "-blockdev",
+        "driver=raw,node-name=corral_seed,file=corral_seed-file,read-only=on,discard=unmap",
+        "-device",
+        "virtio-blk-pci,drive=corral_seed,id=corral_seed,serial=cidata",
+    ]
+    assert "seed.img" not in " ".join(build_argv(request(), PATHS, "tcg", "qemu"))
+
+
+def test_commas_in_disk_paths_are_escaped() -> None:
+    argv = build_argv(request(disks=[disk("d1", "/pool/a,b.qcow2")]), PATHS, "tcg", "qemu")
+    assert "filename=/pool/a,,b.qcow2" in " ".join(argv)
+
+
+@pytest.mark.parametrize(
+    ("disks", "field"),
+    [
+        ([disk("Root", "/p/r")], "disks[0].id"),
+        ([disk("d1", "/p/a"), disk("d1", "/p/b")], "disks[1].id"),
+        ([disk("d1", "/p/a"), disk("d2", "/p/b", serial="s-d1")], "disks[1].serial"),
+        ([disk("d1", "/p/a", serial="cidata")], "disks[0].serial"),
+        ([disk("d1", "/p/a", format="vmdk")], "disks[0].format"),
+    ],
+    ids=["id", "duplicate-id", "duplicate-serial", "seed-serial", "format"],
+)
+def test_invalid_disks_name_the_field(disks: list[DiskAttachment], field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        build_argv(request(disks=disks), PATHS, "tcg", "qemu")
+    assert caught.value.field == field

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.agent.compute.qemu.driver import QemuBackend, exit_reason
+from corral.agent.compute.qemu.driver import QemuBackend
 from corral.agent.compute.qemu.process import pid_start_ticks
+from corral.agent.compute.qemu.qmp import exit_reason
 from corral.agent.compute.qemu.runtime import RuntimePaths, SavedRuntime, save_runtime
 from corral.errors import InvalidInput
 from corral.images.builder import BuiltImage

@@ -14,6 +14,7 @@ import pytest
 from corral.agent.compute.qemu.qmp import (
     GuestMonitor,
     agent_event_from_qmp,
+    qmp_error_class,
     run_state_from_qmp_status,
 )
 from corral.errors import HostError
@@ -175,6 +176,26 @@ async def test_qmp_errors_arrive_as_host_errors_with_the_cause(qmp_server: FakeQ
         await monitor.execute("no-such-command")
     assert "CommandNotFound" in caught.value.message
     assert caught.value.__cause__ is not None
+    assert qmp_error_class(caught.value) == "CommandNotFound"
+    assert qmp_error_class(HostError("not from QEMU")) is None
+    await monitor.close()
+
+
+async def test_an_expected_event_is_the_first_whose_data_matches(
+    qmp_server: FakeQmpServer,
+) -> None:
+    monitor = GuestMonitor("web1", qmp_server.path, lambda event: None)
+    await monitor.connect()
+    with monitor.expecting("DEVICE_DELETED", device="disk1") as deleted:
+        # QEMU says DEVICE_DELETED for the inner virtio backend first, without a device id.
+        qmp_server.emit("DEVICE_DELETED", {"path": "/machine/peripheral/disk1/virtio-backend"})
+        qmp_server.emit("DEVICE_DELETED", {"device": "disk2", "path": "/machine/peripheral/disk2"})
+        qmp_server.emit("DEVICE_DELETED", {"device": "disk1", "path": "/machine/peripheral/disk1"})
+        event = await asyncio.wait_for(deleted, timeout=2)
+    assert event["data"] == {"device": "disk1", "path": "/machine/peripheral/disk1"}
+    with monitor.expecting("DEVICE_DELETED", device="disk3") as never:
+        pass
+    assert never.cancelled()  # leaving the block forgets the expectation
     await monitor.close()
 
 

@@ -4,6 +4,11 @@ It keeps the same promises as the QEMU backend (the contract suite runs against 
 have pids and runtime files, survive a new backend object on the same runtime dir (re-attach),
 answer exec for a few busybox-like commands, echo on the console, and report events.
 `simulate_crash(name)` stands for a guest killed from outside Corral.
+
+Disks follow the same rules as QEMU's (corral.agent.compute.disks): the guest "sees" them in
+/sys/block (`ls`, `cat .../size|serial|ro` through exec) named vda, vdb, ... in boot order, a
+hot-plugged one taking the lowest free name; the size comes from the image file's header (qcow2)
+or length (raw). The cloud-init seed is not simulated.
 """
 
 from __future__ import annotations
@@ -19,10 +24,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from corral.agent.compute.base import AccelInfo, AgentEventHandler, ComputeCapabilities
-from corral.errors import Conflict, GuestAgentError, InvalidInput, LaunchError, NotFound
+from corral.agent.compute.disks import (
+    boot_order,
+    check_disk,
+    check_disk_id,
+    check_grow,
+    check_launch_disks,
+    machine_has_hotplug,
+)
+from corral.errors import (
+    Conflict,
+    GuestAgentError,
+    HostError,
+    InvalidInput,
+    LaunchError,
+    NotFound,
+)
 from corral.model.rpc import (
     AgentEvent,
     AgentEventKind,
+    DiskAttachment,
     ExecRequest,
     ExecResult,
     GuestObservation,
@@ -32,6 +53,7 @@ from corral.model.rpc import (
 
 FAKE_HOST_MEMORY_MIB = 64 * 1024
 _READY_MARKER = b"corral-guest: ready\n"
+_QCOW2_MAGIC = b"QFI\xfb"
 _pids = itertools.count(100_000)
 
 
@@ -87,6 +109,13 @@ class FakeComputeBackend:
         current = self._load(req.name)
         if current is not None and current.get("state") == GuestRunState.RUNNING:
             raise Conflict(f"guest {req.name!r} is already running", code="invalid_state")
+        check_launch_disks(req.disks)
+        for disk in req.disks:
+            if not Path(disk.path).is_file():
+                raise LaunchError(
+                    f"guest {req.name!r} did not start: disk {disk.id!r} ({disk.path}) is missing",
+                    stderr_tail=f"qemu: Could not open '{disk.path}': No such file or directory",
+                )
         if not Path(req.kernel).is_file():
             raise LaunchError(
                 f"guest {req.name!r} did not start: kernel {req.kernel} is missing",
@@ -106,7 +135,11 @@ class FakeComputeBackend:
             "booted_at": time.time() + self.boot_delay_s,
             "argv": ["fake-qemu", "-name", req.name, "-m", str(req.memory_mib)],
             "hostname": req.name,
+            "machine": req.machine,
+            "disks": [],
         }
+        for disk in boot_order(req.disks):
+            _plug(data, disk)
         self._save(req.name, data)
         (self._dir(req.name) / "console.log").write_bytes(_READY_MARKER)
         self._emit(req.name, AgentEventKind.STARTED)
@@ -128,6 +161,7 @@ class FakeComputeBackend:
             argv=_string_list(data.get("argv")),
             exit_reason=str(data["exit_reason"]) if data.get("exit_reason") else None,
             qmp_status="running" if state == GuestRunState.RUNNING else None,
+            disks=[str(disk["id"]) for disk in _disks(data)] if running else [],
         )
 
     async def observe_all(self) -> list[GuestObservation]:
@@ -191,7 +225,8 @@ class FakeComputeBackend:
             raise GuestAgentError(f"guest {req.name!r} is not running")
         if not req.command:
             raise InvalidInput("command must not be empty", field="command")
-        return _fake_command(req.command, req.input or "", str(data.get("hostname", req.name)))
+        hostname = str(data.get("hostname", req.name))
+        return _fake_command(req.command, req.input or "", hostname, _sysfs(data))
 
     async def open_console(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A loopback console that runs each line through the fake shell."""
@@ -215,6 +250,72 @@ class FakeComputeBackend:
             raise NotFound(f"guest {name!r} has no console log") from err
         return content[-max_bytes:]
 
+    async def attach_disk(self, name: str, disk: DiskAttachment) -> None:
+        """Plug `disk` in; an attached id (same file) is a no-op; a missing file fails."""
+        data = self._running(name, f"attach disk {disk.id!r}")
+        check_disk(disk)
+        if not machine_has_hotplug(str(data.get("machine"))):
+            raise Conflict(
+                f"guest {name!r} is a microvm machine, which cannot hot-plug disks",
+                code="hotplug_unsupported",
+            )
+        present = next((d for d in _disks(data) if d["id"] == disk.id), None)
+        if present is not None:
+            if present["path"] == disk.path and present["read_only"] == disk.read_only:
+                return
+            raise Conflict(
+                f"guest {name!r} already has a disk {disk.id!r} (from {present['path']})",
+                code="disk_id_in_use",
+            )
+        if not Path(disk.path).is_file():
+            raise HostError(
+                f"cannot attach disk {disk.id!r} ({disk.path}) to guest {name!r}: Could not "
+                f"open '{disk.path}': No such file or directory",
+                code="disk_attach_failed",
+            )
+        _plug(data, disk)
+        self._save(name, data)
+
+    async def detach_disk(self, name: str, disk_id: str) -> None:
+        """Unplug at once (the fake guest always lets go); absent disk or guest: no-op."""
+        check_disk_id(disk_id)
+        data = self._load(name)
+        if data is None or data["state"] == GuestRunState.ABSENT:
+            return
+        kept = [d for d in _disks(data) if d["id"] != disk_id]
+        if len(kept) != len(_disks(data)) and not machine_has_hotplug(str(data.get("machine"))):
+            raise Conflict(
+                f"guest {name!r} is a microvm machine, which cannot hot-unplug disks",
+                code="hotplug_unsupported",
+            )
+        data["disks"] = kept
+        self._save(name, data)
+
+    async def resize_disk(self, name: str, disk_id: str, size_bytes: int) -> None:
+        """Grow the size the guest sees (the image file is left alone)."""
+        data = self._running(name, f"resize disk {disk_id!r}")
+        check_disk_id(disk_id)
+        disk = next((d for d in _disks(data) if d["id"] == disk_id), None)
+        if disk is None:
+            raise NotFound(f"guest {name!r} has no disk {disk_id!r} attached")
+        if disk["read_only"]:
+            raise Conflict(
+                f"disk {disk_id!r} of guest {name!r} is attached read-only; it cannot be resized",
+                code="invalid_state",
+            )
+        if check_grow(disk_id, int(str(disk["size"])), size_bytes):
+            disk["size"] = size_bytes
+            self._save(name, data)
+
+    def _running(self, name: str, action: str) -> dict[str, object]:
+        data = self._load(name)
+        if data is None or data["state"] != GuestRunState.RUNNING:
+            raise Conflict(
+                f"guest {name!r} is not running; cannot {action} (that needs a running guest)",
+                code="invalid_state",
+            )
+        return data
+
     def subscribe(self, handler: AgentEventHandler) -> None:
         """Deliver events to `handler`."""
         self._handlers.append(handler)
@@ -227,8 +328,55 @@ class FakeComputeBackend:
         self._consoles.clear()
 
 
-def _fake_command(argv: list[str], stdin: str, hostname: str) -> ExecResult:
+def _disks(data: dict[str, object]) -> list[dict[str, object]]:
+    disks = data.get("disks")
+    return [d for d in disks if isinstance(d, dict)] if isinstance(disks, list) else []
+
+
+def _plug(data: dict[str, object], disk: DiskAttachment) -> None:
+    """Record `disk` as the guest's, under the lowest free vdX name (as Linux names it)."""
+    disks = _disks(data)
+    taken = {d["dev"] for d in disks}
+    dev = next(f"vd{chr(ord('a') + i)}" for i in range(26) if f"vd{chr(ord('a') + i)}" not in taken)
+    record: dict[str, object] = disk.model_dump()
+    record.update(dev=dev, size=_image_size(Path(disk.path)))
+    data["disks"] = [*disks, record]
+
+
+def _image_size(path: Path) -> int:
+    """The virtual size of a qcow2 image (its header) or the length of a raw one."""
+    with path.open("rb") as image:
+        header = image.read(32)
+    if header[:4] == _QCOW2_MAGIC and len(header) == 32:
+        return int.from_bytes(header[24:32], "big")
+    return path.stat().st_size
+
+
+def _sysfs(data: dict[str, object]) -> dict[str, str]:
+    """What the fake guest shows in /sys/block: a listing and size/serial/ro per disk."""
+    disks = sorted(_disks(data), key=lambda d: str(d["dev"]))
+    files = {"/sys/block": "".join(f"{d['dev']}\n" for d in disks)}
+    for disk in disks:
+        base = f"/sys/block/{disk['dev']}"
+        files[f"{base}/size"] = f"{int(str(disk['size'])) // 512}\n"
+        files[f"{base}/serial"] = str(disk["serial"])  # the kernel adds no newline here
+        files[f"{base}/ro"] = "1\n" if disk["read_only"] else "0\n"
+    return files
+
+
+def _fake_command(
+    argv: list[str], stdin: str, hostname: str, sysfs: dict[str, str] | None = None
+) -> ExecResult:
+    files = sysfs or {}
     program, args = argv[0], argv[1:]
+    if program == "ls" and len(args) == 1 and args[0].rstrip("/") in files:
+        return ExecResult(exit_code=0, stdout=files[args[0].rstrip("/")], stderr="")
+    if program == "cat" and args:
+        missing = [a for a in args if a not in files or a.rstrip("/") == "/sys/block"]
+        if missing:
+            error = f"cat: can't open '{missing[0]}': No such file or directory\n"
+            return ExecResult(exit_code=1, stdout="", stderr=error)
+        return ExecResult(exit_code=0, stdout="".join(files[a] for a in args), stderr="")
     if program == "uname":
         return ExecResult(exit_code=0, stdout=f"Linux {hostname} 6.1.0-fake x86_64\n", stderr="")
     if program == "echo":
@@ -243,7 +391,7 @@ def _fake_command(argv: list[str], stdin: str, hostname: str) -> ExecResult:
         words = shlex.split(args[1])
         if len(words) == 2 and words[0] == "exit" and words[1].isdigit():
             return ExecResult(exit_code=int(words[1]), stdout="", stderr="")
-        return _fake_command(words, stdin, hostname)
+        return _fake_command(words, stdin, hostname, sysfs)
     return ExecResult(exit_code=127, stdout="", stderr=f"sh: {program}: not found\n")
 
 

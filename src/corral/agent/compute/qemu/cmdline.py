@@ -13,6 +13,8 @@ Decisions taken here (and why):
   initialisation, so a launch error arrives synchronously on stderr with a non-zero status.
 - microvm gets virtio-mmio devices, ACPI on (so system_powerdown works) and `tsc_early_khz`
   (without it the guest can hang calibrating the TSC); pc/q35 get PCI devices.
+- Disks, the cloud-init seed and q35's hot-plug ports come from blockdev.py, which QMP
+  hot-plug uses too; they follow the guest agent's devices, boot disks first.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import re
 import uuid
 from pathlib import Path
 
+from corral.agent.compute.disks import check_launch_disks
+from corral.agent.compute.qemu.blockdev import disks_argv
 from corral.agent.compute.qemu.runtime import RuntimePaths
 from corral.errors import InvalidInput
 from corral.model.rpc import LaunchRequest
@@ -77,6 +81,7 @@ def build_argv(
         raise InvalidInput(f"cpus must be at least 1, not {req.cpus}", field="cpus")
     if req.memory_mib < 1:
         raise InvalidInput(f"memory must be at least 1 MiB, not {req.memory_mib}", field="memory")
+    check_launch_disks(req.disks)
 
     microvm = req.machine == MICROVM
     machine = f"{req.machine},accel={accel}"
@@ -111,6 +116,10 @@ def build_argv(
         "-device",
         f"virtserialport,bus=vser0.0,chardev=charqga,name={GUEST_AGENT_PORT},"
         f"id={GUEST_AGENT_DEVICE_ID}",
+    ]  # fmt: skip
+    seed_image = paths.seed_image if req.cloud_init is not None else None
+    argv += disks_argv(req.disks, seed_image, req.machine)
+    argv += [
         "-pidfile", str(paths.pidfile),
         "-daemonize",
     ]  # fmt: skip

@@ -12,6 +12,10 @@ Re-attach: a new QemuBackend on the same runtime dir attaches to a guest on firs
 observe_all, exec, ...): the saved pid must still be the process that started at the saved time;
 then QMP reconnects and an ExitWatcher starts. Call observe_all() once at agent start so events
 flow for every running guest.
+
+Disks: given at launch (blockdev.py) or hot-plugged (hotplug.py); which ones a guest has is
+asked from QEMU on every observe, so a re-attached backend reports them too. A cloud-init seed
+is written into the guest's runtime dir at launch and removed with it.
 """
 
 from __future__ import annotations
@@ -32,20 +36,29 @@ from pathlib import Path
 from typing import Any
 
 from corral.agent.compute.base import AccelInfo, AgentEventHandler, ComputeCapabilities
+from corral.agent.compute.disks import check_disk_id
 from corral.agent.compute.qemu.accel import probe_accel
 from corral.agent.compute.qemu.cmdline import build_argv, host_tsc_khz
 from corral.agent.compute.qemu.guest_agent import GuestAgent
+from corral.agent.compute.qemu.hotplug import (
+    DETACH_TIMEOUT_S,
+    attach_disk,
+    detach_disk,
+    query_disks,
+    resize_disk,
+)
 from corral.agent.compute.qemu.process import (
     ExitWatcher,
-    kill_and_wait,
+    kill_processes_of,
     pid_start_ticks,
     process_is,
-    processes_mentioning,
     read_pid,
+    start_daemonized,
 )
 from corral.agent.compute.qemu.qmp import (
     GuestMonitor,
     agent_event_from_qmp,
+    exit_reason,
     run_state_from_qmp_status,
 )
 from corral.agent.compute.qemu.runtime import (
@@ -56,6 +69,7 @@ from corral.agent.compute.qemu.runtime import (
     save_runtime,
     tail_lines,
 )
+from corral.agent.compute.qemu.seed import SeedWriter, write_seed
 from corral.errors import (
     Conflict,
     CorralError,
@@ -65,10 +79,12 @@ from corral.errors import (
     NotFound,
     TemporaryError,
 )
+from corral.images.seed import write_nocloud_seed
 from corral.model.names import validate_name
 from corral.model.rpc import (
     AgentEvent,
     AgentEventKind,
+    DiskAttachment,
     ExecRequest,
     ExecResult,
     GuestObservation,
@@ -85,26 +101,6 @@ _QUIT_TIMEOUT_S = 5.0
 _KILL_TIMEOUT_S = 10.0
 # How long QEMU's last QMP events may take to arrive after its process is gone.
 _DRAIN_TIMEOUT_S = 0.5
-
-# QMP SHUTDOWN "reason" -> exit_reason, when nobody here asked for the exit.
-_EXIT_REASONS = {
-    "guest-shutdown": "guest-poweroff",
-    "guest-panic": "guest-panic",
-    "guest-reset": "guest-reboot",
-    "host-qmp-quit": "quit",
-    "host-signal": "host-signal",
-}
-
-
-def exit_reason(intent: str | None, shutdown_reason: str | None) -> str:
-    """Why a guest's QEMU exited, from what we asked (`intent`) and QMP SHUTDOWN's reason."""
-    if intent == "shutdown" and shutdown_reason not in (None, "guest-shutdown"):
-        return f"shutdown ({shutdown_reason})"
-    if intent:
-        return intent
-    if shutdown_reason:
-        return _EXIT_REASONS.get(shutdown_reason, shutdown_reason)
-    return "unexpected-exit"
 
 
 @dataclass
@@ -128,15 +124,25 @@ class QemuBackend:
     name = "qemu"
     capabilities = ComputeCapabilities(kind="vm", live_migrate=False, console=True)
 
-    def __init__(self, runtime_dir: Path, qemu_binary: str = "qemu-system-x86_64") -> None:
+    def __init__(
+        self,
+        runtime_dir: Path,
+        qemu_binary: str = "qemu-system-x86_64",
+        *,
+        seed_writer: SeedWriter | None = None,
+        detach_timeout_s: float = DETACH_TIMEOUT_S,
+    ) -> None:
         self.runtime_dir = runtime_dir.absolute()
         self.qemu_binary = qemu_binary
+        self.detach_timeout_s = detach_timeout_s
+        self._write_seed = seed_writer or write_nocloud_seed
         self._accel = probe_accel()
         self._tsc_khz = host_tsc_khz()
         self._version: str | None = None
         self._guests: dict[str, _Guest] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._attach_locks: dict[str, asyncio.Lock] = {}
+        self._disk_locks: dict[str, asyncio.Lock] = {}
         self._handlers: list[AgentEventHandler] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -194,6 +200,8 @@ class QemuBackend:
                 shutil.rmtree(paths.dir)  # the files of an earlier run that has ended
             paths.dir.mkdir(parents=True, mode=0o700)
             try:
+                if req.cloud_init is not None:
+                    await write_seed(self._write_seed, req.name, req.cloud_init, paths.seed_image)
                 guest = await self._start(req, paths, argv)
                 observation = await self._observe_attached(guest)
                 if observation.state is GuestRunState.ABSENT:
@@ -219,22 +227,7 @@ class QemuBackend:
 
     async def _start(self, req: LaunchRequest, paths: RuntimePaths, argv: list[str]) -> _Guest:
         started_at = datetime.now(UTC)
-        with paths.stderr_log.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        try:
-            async with asyncio.timeout(_LAUNCH_TIMEOUT_S):
-                status = await proc.wait()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            raise
+        status = await start_daemonized(argv, paths.stderr_log, _LAUNCH_TIMEOUT_S)
         if status != 0:
             tail = tail_lines(paths.stderr_log, STDERR_TAIL_LINES)
             last = tail.splitlines()[-1] if tail.strip() else f"QEMU exited with status {status}"
@@ -263,13 +256,8 @@ class QemuBackend:
         """Kill whatever this launch started (found by its unique pid file path) and remove
         the runtime dir; the guest was never announced, so no event is sent."""
         await self._drop(name)
-        pids = set(processes_mentioning(str(paths.pidfile)))
-        pid = read_pid(paths.pidfile)
-        if pid is not None:
-            pids.add(pid)
-        for pid in pids:
-            if not await kill_and_wait(pid, _KILL_TIMEOUT_S):
-                log.error("guest %s: QEMU pid %d survived SIGKILL after a failed launch", name, pid)
+        for pid in await kill_processes_of(paths.pidfile, _KILL_TIMEOUT_S):
+            log.error("guest %s: QEMU pid %d survived SIGKILL after a failed launch", name, pid)
         shutil.rmtree(paths.dir, ignore_errors=True)
 
     async def shutdown(self, name: str, timeout_s: float) -> None:
@@ -349,6 +337,7 @@ class QemuBackend:
         runtime = guest.runtime
         try:
             status = await guest.monitor.query_status()
+            disks = await query_disks(guest.monitor)
         except HostError as err:
             # Most often QEMU is just exiting: give the exit watcher a moment to say so.
             if await _wait_event(guest.exited, 1.0) or _gone(guest):
@@ -366,6 +355,7 @@ class QemuBackend:
             accel=runtime.accel,
             argv=runtime.argv,
             qmp_status=status,
+            disks=[disk.id for disk in disks],
         )
 
     async def wait_ready(self, name: str, timeout_s: float) -> float:
@@ -404,6 +394,51 @@ class QemuBackend:
             f"agent. Last console lines:\n{self._console_tail_text(name)}",
             code="guest_exited",
         )
+
+    # -- disks -------------------------------------------------------------------------------
+
+    async def attach_disk(self, name: str, disk: DiskAttachment) -> None:
+        """Hot-plug `disk` (blockdev-add + device_add); an attached id is a no-op. On failure
+        no block node is left behind. microvm refuses (Conflict)."""
+        guest = await self._running(name, f"attach disk {disk.id!r}")
+        async with self._disk_lock(name):
+            await attach_disk(guest.monitor, name, guest.runtime.machine, disk)
+
+    async def detach_disk(self, name: str, disk_id: str) -> None:
+        """device_del, wait for the guest to release it (DEVICE_DELETED, `detach_timeout_s`),
+        blockdev-del. A disk or guest that is absent is a no-op."""
+        check_disk_id(disk_id)
+        guest = await self._attached(name)
+        if guest is None:
+            return
+        async with self._disk_lock(name):
+            await detach_disk(
+                guest.monitor,
+                name,
+                guest.runtime.machine,
+                disk_id,
+                exited=guest.exited,
+                timeout_s=self.detach_timeout_s,
+            )
+
+    async def resize_disk(self, name: str, disk_id: str, size_bytes: int) -> None:
+        """Grow an attached disk (block_resize); the guest sees the new size at once."""
+        guest = await self._running(name, f"resize disk {disk_id!r}")
+        async with self._disk_lock(name):
+            await resize_disk(guest.monitor, name, disk_id, size_bytes)
+
+    async def _running(self, name: str, action: str) -> _Guest:
+        guest = await self._attached(name)
+        if guest is None:
+            raise Conflict(
+                f"guest {name!r} is not running; cannot {action} (that needs a running guest)",
+                code="invalid_state",
+            )
+        return guest
+
+    def _disk_lock(self, name: str) -> asyncio.Lock:
+        """Serialises the disk changes of one guest (not with kill: that must never wait)."""
+        return self._disk_locks.setdefault(name, asyncio.Lock())
 
     # -- guest access --------------------------------------------------------------------------
 

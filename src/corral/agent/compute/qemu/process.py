@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,38 @@ async def kill_and_wait(pid: int, timeout_s: float) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+async def start_daemonized(argv: list[str], stderr_log: Path, timeout_s: float) -> int:
+    """Run a command that daemonizes itself (QEMU -daemonize), its stderr into `stderr_log`,
+    until its parent exits; return that exit status (0: the daemon runs). On timeout or
+    cancellation the command's whole session is killed."""
+    with stderr_log.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise
+
+
+async def kill_processes_of(pidfile: Path, timeout_s: float) -> list[int]:
+    """SIGKILL the process in `pidfile` and every process naming that (unique) path; return
+    the pids still alive after `timeout_s`."""
+    pids = set(processes_mentioning(str(pidfile)))
+    pid = read_pid(pidfile)
+    if pid is not None:
+        pids.add(pid)
+    return [pid for pid in sorted(pids) if not await kill_and_wait(pid, timeout_s)]
 
 
 class ExitWatcher:

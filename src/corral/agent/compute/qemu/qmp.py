@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 # QEMU runstates (query-status "status") that mean "alive but not running guest code".
 _SHUTDOWN_STATUSES = {"shutdown"}
+# QMP SHUTDOWN "reason" -> exit_reason, when nobody here asked for the exit.
+_EXIT_REASONS = {
+    "guest-shutdown": "guest-poweroff",
+    "guest-panic": "guest-panic",
+    "guest-reset": "guest-reboot",
+    "host-qmp-quit": "quit",
+    "host-signal": "host-signal",
+}
 
 
 def run_state_from_qmp_status(status: str) -> GuestRunState:
@@ -36,6 +44,17 @@ def run_state_from_qmp_status(status: str) -> GuestRunState:
     return GuestRunState.PAUSED
 
 
+def exit_reason(intent: str | None, shutdown_reason: str | None) -> str:
+    """Why a guest's QEMU exited, from what we asked (`intent`) and QMP SHUTDOWN's reason."""
+    if intent == "shutdown" and shutdown_reason not in (None, "guest-shutdown"):
+        return f"shutdown ({shutdown_reason})"
+    if intent:
+        return intent
+    if shutdown_reason:
+        return _EXIT_REASONS.get(shutdown_reason, shutdown_reason)
+    return "unexpected-exit"
+
+
 def _event_time(event: Mapping[str, object]) -> datetime:
     stamp = event.get("timestamp")
     if isinstance(stamp, Mapping):
@@ -43,6 +62,13 @@ def _event_time(event: Mapping[str, object]) -> datetime:
         if isinstance(seconds, int) and isinstance(micros, int) and seconds >= 0:
             return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
     return datetime.now(UTC)
+
+
+def qmp_error_class(err: BaseException) -> str | None:
+    """QEMU's error class ("DeviceNotFound", "GenericError", ...) behind a HostError that
+    GuestMonitor.execute raised for a command QEMU refused; None for any other error."""
+    cause = err.__cause__
+    return cause.error_class if isinstance(cause, ExecuteError) else None
 
 
 def agent_event_from_qmp(name: str, event: Mapping[str, object]) -> AgentEvent | None:
@@ -107,6 +133,7 @@ class GuestMonitor:
         self._state = MonitorState.IDLE
         self._pump: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
+        self._waiters: list[tuple[str, dict[str, object], asyncio.Future[dict[str, Any]]]] = []
 
     def __repr__(self) -> str:
         return (
@@ -161,6 +188,29 @@ class GuestMonitor:
                 f"QMP {command} on guest {self.name!r} got no answer: "
                 f"{type(err).__name__} {err}; the QEMU process may have exited"
             ) from err
+
+    @contextlib.contextmanager
+    def expecting(self, event: str, **data: object) -> Iterator[asyncio.Future[dict[str, Any]]]:
+        """A future for the next `event` whose data holds `data` (e.g. DEVICE_DELETED with
+        device="disk1"). Enter before sending the command that causes it, so a quick event is
+        not missed; leaving the block forgets the expectation."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiter = (event, dict(data), future)
+        self._waiters.append(waiter)
+        try:
+            yield future
+        finally:
+            self._waiters.remove(waiter)
+            future.cancel()
+
+    def _resolve_waiters(self, event: Mapping[str, Any]) -> None:
+        raw = event.get("data")
+        data: Mapping[str, object] = raw if isinstance(raw, Mapping) else {}
+        for name, wanted, future in self._waiters:
+            if future.done() or event.get("event") != name:
+                continue
+            if all(data.get(key) == value for key, value in wanted.items()):
+                future.set_result(dict(event))
 
     async def quit_quietly(self) -> None:
         """Ask QEMU to quit; the connection may drop before the answer, which is fine (the
@@ -218,6 +268,7 @@ class GuestMonitor:
             # that lives for months must not grow it without bound.
             listener._history.clear()
             self._log.debug("QMP event %s", event.get("event"))
+            self._resolve_waiters(event)
             try:
                 self.on_event(dict(event))
             except Exception:

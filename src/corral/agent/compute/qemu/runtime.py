@@ -67,6 +67,11 @@ class RuntimePaths:
         return self.dir / "stderr.log"
 
     @property
+    def seed_image(self) -> Path:
+        """The cloud-init NoCloud seed disk (label `cidata`), written at launch when asked for."""
+        return self.dir / "seed.img"
+
+    @property
     def runtime_file(self) -> Path:
         """The saved runtime, see SavedRuntime."""
         return self.dir / RUNTIME_FILE
