@@ -24,6 +24,7 @@ from corral.model.rpc import (
     VolumeFacts,
     VolumeRequest,
 )
+from corral.model.rpc_snapshots import BackupRequest, BackupResult, SnapshotRequest, SnapshotResult
 
 ProgressFn = Callable[[float, str], None]
 AgentEventHandler = Callable[[AgentEvent], None]
@@ -135,4 +136,33 @@ class AgentAPI(Protocol):
 
     async def close(self) -> None:
         """Let go of monitors and sockets; running guests keep running."""
+        ...
+
+    # -- snapshots and backups ----------------------------------------------------------------
+    async def snapshot_create(self, req: SnapshotRequest) -> SnapshotResult:
+        """Take snapshot `req.tag` on all of `req.disks` at once (through QMP when the guest
+        runs, quiesced by the guest agent when asked and possible; with qemu-img when stopped).
+        All or nothing: on failure no disk keeps the tag."""
+        ...
+
+    async def snapshot_revert(self, req: SnapshotRequest) -> None:
+        """Go back to `req.tag`: a memory snapshot is loaded into the running guest (it goes on
+        from that moment, no reboot); a disk-only one needs the guest stopped."""
+        ...
+
+    async def snapshot_delete(self, req: SnapshotRequest) -> None:
+        """Drop `req.tag` from every disk (running or stopped). No-op where it is absent."""
+        ...
+
+    async def snapshot_tags(self, req: SnapshotRequest) -> dict[str, list[str]]:
+        """Snapshot tags present on each disk (disk id -> tags): for recovery after a crash."""
+        ...
+
+    async def backup(self, req: BackupRequest, progress: ProgressFn) -> BackupResult:
+        """Write a full or incremental backup of one disk to `req.target_path`."""
+        ...
+
+    async def abort_backup(self, req: BackupRequest) -> None:
+        """Cancel a backup that may still run (e.g. after a crash) and remove its target file;
+        the dirty bitmap keeps every change, so the next incremental stays correct."""
         ...

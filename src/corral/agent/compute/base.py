@@ -20,8 +20,10 @@ from corral.model.rpc import (
     GuestObservation,
     LaunchRequest,
 )
+from corral.model.rpc_snapshots import BackupRequest, BackupResult, SnapshotRequest, SnapshotResult
 
 AgentEventHandler = Callable[[AgentEvent], None]
+ProgressFn = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,28 @@ class ComputeBackend(Protocol):
 
     async def resize_disk(self, name: str, disk_id: str, size_bytes: int) -> None:
         """Grow an attached disk online (QMP block_resize); the guest sees the new size."""
+        ...
+
+    # Snapshots and backups of a RUNNING guest's disks (the agent handles stopped guests with
+    # qemu-img on the files). See corral.model.rpc_snapshots for the messages.
+    async def snapshot_create(self, req: SnapshotRequest) -> SnapshotResult:
+        """Atomic internal snapshot of the guest's disks (+ memory with `req.memory`)."""
+        ...
+
+    async def snapshot_revert(self, req: SnapshotRequest) -> None:
+        """Load a memory snapshot into the running guest."""
+        ...
+
+    async def snapshot_delete(self, req: SnapshotRequest) -> None:
+        """Delete a snapshot from the running guest's disks."""
+        ...
+
+    async def backup(self, req: BackupRequest, progress: ProgressFn) -> BackupResult:
+        """Full or incremental (dirty bitmap) backup of one attached disk."""
+        ...
+
+    async def abort_backup(self, req: BackupRequest) -> None:
+        """Cancel a running backup job of this guest, if any."""
         ...
 
     def subscribe(self, handler: AgentEventHandler) -> None:
