@@ -95,6 +95,7 @@ def build_agent_for(config: ServerConfig) -> HostAgent:
         runtime_dir=runtime_dir_for(config.data_dir),
         images_dir=config.data_dir / "images",
         cache_dir=config.download_cache_dir,
+        pools_dir=config.data_dir / "pools",
     )
     return agent
 

@@ -34,6 +34,9 @@ async def test_create_list_get_patch_delete(ready_api: Api) -> None:
         "power": "running",
         "machine": "pc",
         "on_crash": "stop",
+        "disks": [],
+        "ssh_keys": [],
+        "user_data": None,
     }
     status = body["status"]
     assert status["state"] == "running" and status["ready"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,10 +20,15 @@ from corral.controller import Controller, ControllerSettings
 from corral.model.event import Event
 from corral.model.instance import Instance, InstanceCreate, InstanceSpec
 from corral.model.operation import Operation
+from corral.model.rpc import ExecRequest, ImageArtifact
+from corral.model.storage import Pool, Volume, VolumeCreate, VolumeSpec
 from corral.paths import runtime_dir_for
 from corral.store import Database, open_database, sqlite_url
+from corral.store import images as image_store
 from corral.store import instances as instance_store
 from corral.store import operations as operation_store
+from corral.store import pools as pool_store
+from corral.store import volumes as volume_store
 from corral.store.events import EventLog
 
 T = TypeVar("T")
@@ -88,6 +94,70 @@ class Harness:
     def event_types(self, name: str) -> list[str]:
         """Types of the events published about object `name`, in order."""
         return [e.type for e in self.seen if e.name == name]
+
+    # -- storage -------------------------------------------------------------------------------
+    def pool(self, name: str) -> Pool:
+        """The stored pool."""
+        with self.db.transaction() as session:
+            return pool_store.get_pool(session, name)
+
+    def volume(self, name: str) -> Volume:
+        """The stored volume."""
+        with self.db.transaction() as session:
+            return volume_store.get_volume(session, name).volume
+
+    def volume_exists(self, name: str) -> bool:
+        """True while the volume has a record."""
+        with self.db.transaction() as session:
+            return volume_store.find_volume(session, name) is not None
+
+    async def wait_pool_ready(self, name: str = "default") -> Pool:
+        """Wait until the pool is ready."""
+        return await wait_until(
+            lambda: pool if (pool := self.pool(name)).status.state == "ready" else None,
+            5,
+            f"pool {name} ready",
+        )
+
+    async def create_volume(self, name: str, **spec: Any) -> Operation:
+        """Create a volume (blank, 64 MiB in the default pool unless told) and wait."""
+        values = {"size_bytes": 64 * 1024**2} | spec
+        body = VolumeCreate(name=name, spec=VolumeSpec.model_validate(values))
+        return await self.wait_op(self.controller.volumes.create(body))
+
+    def add_disk_image(self, name: str, virtual_bytes: int, *, cloud_init: bool = False) -> Path:
+        """A ready `disk` image: the fake kernel plus a real (empty) qcow2 root disk."""
+        with self.db.transaction() as session:
+            tiny = image_store.get_image(session, "tiny")
+        disk = self.data_dir / "images" / name / "disk.qcow2"
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), str(virtual_bytes)], check=True
+        )
+        artifact = ImageArtifact(
+            name=name,
+            kind="disk",
+            kernel=tiny.kernel or "",
+            initrd=tiny.initrd,
+            cmdline="root=/dev/vda1",
+            size_bytes=disk.stat().st_size,
+            digest="sha256:test",
+            recipe={"name": name},
+            build_seconds=0.0,
+            disk=str(disk),
+            disk_virtual_size_bytes=virtual_bytes,
+            cloud_init=cloud_init,
+        )
+        with self.db.transaction() as session:
+            image_store.start_image_build(session, name, name)
+            image_store.mark_image_ready(session, artifact)
+        return disk
+
+    async def guest_text(self, instance: str, *command: str) -> str:
+        """What `command` prints in the (fake) guest."""
+        result = await self.agent.exec(ExecRequest(name=instance, command=list(command)))
+        assert result.exit_code == 0, result
+        return result.stdout
 
 
 async def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str = "condition") -> T:

@@ -7,21 +7,28 @@ from datetime import UTC, datetime
 
 import pytest
 
+from corral.controller.disks import disk_id
 from corral.controller.plan import (
+    DISK_FAILED_REASON,
+    DISKS_CONDITION,
     READY_TIMEOUT_REASON,
     Adopt,
+    AttachDisk,
     DeleteRecord,
+    DetachDisk,
     Forget,
     Kill,
     Launch,
     MarkDeleting,
     MarkStopped,
     RecordExit,
+    ReleaseDisks,
     RestartBackoff,
     Shutdown,
     Step,
     StopPolicy,
     WaitReady,
+    plan_disks,
     plan_instance,
     restart_delay_s,
 )
@@ -34,6 +41,7 @@ from corral.model.instance import (
     PowerState,
 )
 from corral.model.rpc import GuestObservation, GuestRunState
+from corral.model.storage import InstanceDisk
 
 RUNNING = PowerState.RUNNING
 STOPPED = PowerState.STOPPED
@@ -62,10 +70,14 @@ class Row:
     generation: int = 1
     exit_reason: str | None = None
     ready_timed_out: bool = False
+    disks: tuple[str, ...] = ()  # volumes in the spec
+    seen_disks: tuple[str, ...] = ()  # disk ids the guest has
+    hotplug_failed: bool = False
 
 
 HALT = Shutdown(30.0)
 BOOT: list[Step] = [Forget(), Launch(), WaitReady()]
+A, B = disk_id("a"), disk_id("b")
 
 ROWS = [
     # creating and starting
@@ -119,14 +131,38 @@ ROWS = [
         pid=7, restart=True, generation=2),
     # deleting
     Row("delete a running guest: shut down first", RUNNING, S.RUNNING, G.RUNNING,
-        [MarkDeleting(), HALT, Forget(), DeleteRecord()], pid=7, seen_pid=7, deleting=True),
+        [MarkDeleting(), HALT, Forget(), ReleaseDisks(), DeleteRecord()], pid=7, seen_pid=7,
+        deleting=True),
     Row("delete a stopped instance", STOPPED, S.STOPPED, G.ABSENT,
-        [MarkDeleting(), Forget(), DeleteRecord()], deleting=True),
+        [MarkDeleting(), Forget(), ReleaseDisks(), DeleteRecord()], deleting=True),
     Row("delete resumed after a server restart", RUNNING, S.DELETING, G.ABSENT,
-        [Forget(), DeleteRecord()], pid=7, deleting=True),
+        [Forget(), ReleaseDisks(), DeleteRecord()], pid=7, deleting=True),
     Row("delete wins over a crash policy", RUNNING, S.RUNNING, G.ABSENT,
-        [MarkDeleting(), Forget(), DeleteRecord()], pid=7, deleting=True,
+        [MarkDeleting(), Forget(), ReleaseDisks(), DeleteRecord()], pid=7, deleting=True,
         on_crash=OnCrash.RESTART),
+    # disks
+    Row("a new instance boots with its disks (no hot-plug)", RUNNING, S.PENDING, G.ABSENT, BOOT,
+        observed=0, disks=("a", "b")),
+    Row("a disk added to a running guest is hot-plugged", RUNNING, S.RUNNING, G.RUNNING,
+        [AttachDisk("b")], pid=7, seen_pid=7, ready=True, disks=("a", "b"), seen_disks=(A,),
+        generation=2),
+    Row("a disk dropped from a running guest is unplugged", RUNNING, S.RUNNING, G.RUNNING,
+        [DetachDisk(B)], pid=7, seen_pid=7, ready=True, disks=("a",), seen_disks=(A, B),
+        generation=2),
+    Row("a swap unplugs first, then plugs", RUNNING, S.RUNNING, G.RUNNING,
+        [DetachDisk(A), AttachDisk("b")], pid=7, seen_pid=7, ready=True, disks=("b",),
+        seen_disks=(A,), generation=2),
+    Row("disks that are not volumes (the seed) are left alone", RUNNING, S.RUNNING, G.RUNNING,
+        [], pid=7, seen_pid=7, ready=True, disks=("a",), seen_disks=(A, "corral_seed")),
+    Row("adopting a guest also plugs what it lacks", RUNNING, S.STARTING, G.RUNNING,
+        [Adopt(), WaitReady(), AttachDisk("a")], seen_pid=9, disks=("a",)),
+    Row("a failed hot-plug waits for a new generation", RUNNING, S.RUNNING, G.RUNNING, [],
+        pid=7, seen_pid=7, ready=True, disks=("a",), hotplug_failed=True),
+    Row("a new generation tries the hot-plug again", RUNNING, S.RUNNING, G.RUNNING,
+        [AttachDisk("a")], pid=7, seen_pid=7, ready=True, disks=("a",), hotplug_failed=True,
+        generation=2),
+    Row("a stopped instance's disk change is only recorded", STOPPED, S.STOPPED, G.ABSENT, [],
+        disks=("a",), generation=2),
 ]  # fmt: skip
 
 
@@ -135,6 +171,10 @@ def _status(row: Row) -> InstanceStatus:
     if row.ready_timed_out:
         conditions.append(
             Condition(type="Ready", status=False, reason=READY_TIMEOUT_REASON, since=T0)
+        )
+    if row.hotplug_failed:
+        conditions.append(
+            Condition(type=DISKS_CONDITION, status=False, reason=DISK_FAILED_REASON, since=T0)
         )
     return InstanceStatus(
         state=row.state,
@@ -147,9 +187,14 @@ def _status(row: Row) -> InstanceStatus:
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
 def test_plan_instance(row: Row) -> None:
-    spec = InstanceSpec(image="tiny", power=row.power, on_crash=row.on_crash)
+    disks = [InstanceDisk(volume=volume) for volume in row.disks]
+    spec = InstanceSpec(image="tiny", power=row.power, on_crash=row.on_crash, disks=disks)
     seen = GuestObservation(
-        name="vm1", state=row.seen, pid=row.seen_pid, exit_reason=row.exit_reason
+        name="vm1",
+        state=row.seen,
+        pid=row.seen_pid,
+        exit_reason=row.exit_reason,
+        disks=list(row.seen_disks),
     )
     steps = plan_instance(
         spec,
@@ -179,3 +224,8 @@ def test_a_running_guest_is_never_halted_unless_the_spec_says_so() -> None:
 )
 def test_restart_backoff_grows_and_is_capped(restarts: int, delay: float) -> None:
     assert restart_delay_s(restarts) == delay
+
+
+def test_plan_disks_plugs_in_spec_order() -> None:
+    spec = InstanceSpec(image="tiny", disks=[InstanceDisk(volume=v) for v in ("c", "a", "b")])
+    assert plan_disks(spec, [disk_id("a")]) == [AttachDisk("c"), AttachDisk("b")]

@@ -8,7 +8,17 @@ from sqlalchemy import text
 
 from corral.model.operation import OperationError, OperationState
 from corral.model.rpc import HostFacts
-from corral.store import Database, events, hosts, open_database, operations, sqlite_url
+from corral.store import (
+    Database,
+    events,
+    hosts,
+    images,
+    open_database,
+    operations,
+    pools,
+    sqlite_url,
+)
+from corral.store.database import make_engine, migrate
 
 
 def test_migrations_run_at_open_and_twice_is_harmless(tmp_path: Path) -> None:
@@ -19,8 +29,31 @@ def test_migrations_run_at_open_and_twice_is_harmless(tmp_path: Path) -> None:
         version = s.execute(text("SELECT version_num FROM alembic_version")).scalar()
         tables = set(s.execute(text("SELECT name FROM sqlite_master WHERE type='table'")).scalars())
     again.close()
-    assert version == "0001"
-    assert {"instances", "images", "operations", "events", "hosts"} <= tables
+    assert version == "0002"
+    assert {"instances", "images", "operations", "events", "hosts", "pools", "volumes"} <= tables
+
+
+def test_upgrading_a_0001_store_keeps_its_images_and_adds_storage(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "corral.db")
+    engine = make_engine(url)
+    migrate(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO images (name, state, kind, size_bytes, digest, recipe, cmdline, "
+                "message, created_at, updated_at) VALUES ('tiny', 'ready', 'initramfs', 5, "
+                "'d', '{}', '', '', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    db = open_database(url)
+    with db.transaction() as s:
+        image = images.get_image(s, "tiny")
+        assert pools.list_pools(s) == []
+    db.close()
+    assert image.disk is None
+    assert image.disk_virtual_size_bytes == 0
+    assert image.cloud_init is False
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(db: Database) -> None:

@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import Depends, FastAPI
 
 from corral import __version__
-from corral.api import console, events, hosts, images, instances, operations
+from corral.api import console, events, hosts, images, instances, operations, pools, volumes
 from corral.api.auth import require_token
 from corral.api.problems import install_problem_handlers
 
@@ -24,12 +24,22 @@ def create_app(lifespan: Lifespan | None = None) -> FastAPI:
     app = FastAPI(
         title="Corral",
         version=__version__,
-        description="VMs on your own servers: instances, images, operations, events, hosts.",
+        description=(
+            "VMs on your own servers: instances, images, pools, volumes, operations, events, hosts."
+        ),
         lifespan=lifespan,
     )
     install_problem_handlers(app)
     authenticated = [Depends(require_token)]
-    for router in (instances.router, images.router, hosts.router, operations.router):
+    routers = (
+        instances.router,
+        images.router,
+        hosts.router,
+        operations.router,
+        pools.router,
+        volumes.router,
+    )
+    for router in routers:
         app.include_router(router, dependencies=authenticated)
     app.include_router(events.router)  # its own dependency also accepts ?token=
     app.include_router(console.router)  # checks the token itself (header or ?token=)

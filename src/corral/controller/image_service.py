@@ -21,6 +21,7 @@ from corral.model.operation import Operation, OperationError
 from corral.store import images as image_store
 from corral.store import instances as instance_store
 from corral.store import operations as operation_store
+from corral.store import volumes as volume_store
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,14 @@ class ImageService:
             )
         with self._db.transaction() as session:
             users = instance_store.instances_using_image(session, name)
+            clones = volume_store.volumes_using_image(session, name)
+        if clones:
+            shown = ", ".join(clones[:10]) + (" ..." if len(clones) > 10 else "")
+            raise Conflict(
+                f"image {name!r} is the base of {len(clones)} volume(s): {shown}; delete them "
+                "first",
+                code="image_in_use",
+            )
         if users:
             shown = ", ".join(users[:10]) + (" ..." if len(users) > 10 else "")
             raise Conflict(

@@ -1,8 +1,13 @@
 """What the API asks of instances: validate against the world, write the spec, hand over.
 
-Each method checks what only the control plane can check (image exists, capacity, state),
-writes the desired state and an Operation in one transaction, publishes, and enqueues the
-instance for its reconciler. None of them waits for a guest: the Operation does that.
+Each method checks what only the control plane can check (image exists, capacity, state,
+disks), writes the desired state and an Operation in one transaction, publishes, and enqueues
+the instance for its reconciler. None of them waits for a guest: the Operation does that.
+
+An instance of a `disk` image gets its root volume `<name>-root` here, in the transaction that
+creates the instance: a thin clone of the image's disk, owned by the instance, first in
+spec.disks. The spec's disks *claim* their volumes in the same transaction as the spec, so a
+volume can never be in two instances' specs.
 """
 
 from __future__ import annotations
@@ -15,8 +20,15 @@ from corral.bus.agent_link import AgentAPI
 from corral.controller.capacity import check_capacity
 from corral.controller.hosts import HostMonitor
 from corral.controller.recorder import Recorder
+from corral.controller.storage_checks import (
+    DISK_IMAGE_KIND,
+    ROOT_DISK_FIELDS,
+    check_instance_disks,
+    check_new_volume,
+    refuse_shrink,
+)
 from corral.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
-from corral.model.image import ImageState
+from corral.model.image import Image, ImageState
 from corral.model.instance import (
     Instance,
     InstanceCreate,
@@ -24,16 +36,48 @@ from corral.model.instance import (
     InstanceSpecPatch,
     InstanceState,
     PowerState,
+    RootDisk,
 )
+from corral.model.names import MAX_NAME_LENGTH
 from corral.model.operation import Operation
 from corral.model.rpc import ExecRequest, ExecResult
+from corral.model.storage import (
+    InstanceDisk,
+    VolumeFormat,
+    VolumeSource,
+    VolumeSourceKind,
+    VolumeSpec,
+)
 from corral.store import images as image_store
 from corral.store import instances as instance_store
 from corral.store import operations as operation_store
+from corral.store import volumes as volume_store
 from corral.store.instances import InstanceRecord
 
 Enqueue = Callable[[str, bool], None]
 TARGET_KIND = "instance"
+ROOT_SUFFIX = "-root"
+
+
+def root_volume_name(instance: str) -> str:
+    """The name of an instance's root volume."""
+    return instance + ROOT_SUFFIX
+
+
+def root_volume_spec(image: Image, root: RootDisk) -> VolumeSpec:
+    """The root volume of an instance of disk image `image`: a thin clone, grown if asked."""
+    refuse_shrink(
+        root.size_bytes,
+        image.disk_virtual_size_bytes,
+        f"image {image.name!r}",
+        ROOT_DISK_FIELDS.size,
+    )
+    return VolumeSpec(
+        pool=root.pool,
+        size_bytes=root.size_bytes or image.disk_virtual_size_bytes or None,
+        format=VolumeFormat.QCOW2,
+        source=VolumeSource(kind=VolumeSourceKind.IMAGE, image=image.name),
+    )
 
 
 def parse_if_match(value: str) -> int | None:
@@ -60,12 +104,14 @@ class InstanceService:
         hosts: HostMonitor,
         enqueue: Enqueue,
         default_shutdown_timeout_s: float,
+        enqueue_volume: Callable[[str], None] = lambda _name: None,
     ) -> None:
         self._recorder = recorder
         self._db = recorder.db
         self._agent = agent
         self._hosts = hosts
         self._enqueue = enqueue
+        self._enqueue_volume = enqueue_volume
         self._default_timeout_s = default_shutdown_timeout_s
 
     def __repr__(self) -> str:
@@ -76,7 +122,11 @@ class InstanceService:
         with self._db.transaction() as session:
             return instance_store.get_instance(session, name)
 
-    def _check_image(self, image: str) -> None:
+    def get(self, name: str) -> Instance:
+        """One instance; NotFound if it does not exist."""
+        return self._record(name).instance
+
+    def _check_image(self, image: str) -> Image:
         with self._db.transaction() as session:
             found = image_store.find_image(session, image)
         if found is None:
@@ -93,6 +143,7 @@ class InstanceService:
                 code="image_not_ready",
                 field="spec.image",
             )
+        return found
 
     def _check_capacity(self, spec: InstanceSpec, name: str) -> None:
         with self._db.transaction() as session:
@@ -119,6 +170,9 @@ class InstanceService:
         message: str = "",
     ) -> tuple[Operation, Instance]:
         with self._db.transaction() as session:
+            if spec.disks != instance.spec.disks:
+                check_instance_disks(session, instance.name, spec.disks)
+                volume_store.claim_volumes(session, instance.name, [d.volume for d in spec.disks])
             changed = instance_store.update_spec(
                 session,
                 instance.name,
@@ -167,11 +221,31 @@ class InstanceService:
 
     # -- commands ----------------------------------------------------------------------------
     def create(self, body: InstanceCreate) -> Operation:
-        """Store a new instance (it exists at once) and start a `create` operation."""
-        self._check_image(body.spec.image)
+        """Store a new instance (it exists at once) and start a `create` operation.
+
+        For a disk image, its root volume is recorded too (the reconcilers make both).
+        """
+        image = self._check_image(body.spec.image)
         self._check_capacity(body.spec, body.name)
+        spec = body.spec
+        root: tuple[str, VolumeSpec] | None = None
+        if image.kind == DISK_IMAGE_KIND:
+            root = self._root_volume(body.name, image, body.root_disk or RootDisk())
+            extra = [d for d in spec.disks if d.volume != root[0]]
+            spec = spec.model_copy(
+                update={"disks": [InstanceDisk(volume=root[0], boot=True), *extra]}
+            )
         with self._db.transaction() as session:
-            instance = instance_store.create_instance(session, body.name, body.spec)
+            if root is not None:
+                check_new_volume(session, root[0], root[1], ROOT_DISK_FIELDS)
+            check_instance_disks(session, body.name, spec.disks[1 if root else 0 :])
+            instance = instance_store.create_instance(session, body.name, spec)
+            root_uid = ""
+            if root is not None:
+                root_uid = volume_store.create_volume(
+                    session, root[0], root[1], owner=body.name, instance=body.name
+                ).uid
+            volume_store.claim_volumes(session, body.name, [d.volume for d in spec.disks])
             op = operation_store.create_operation(
                 session,
                 "create",
@@ -184,11 +258,29 @@ class InstanceService:
             "instance.created",
             "instance",
             body.name,
-            {"uid": instance.uid, "generation": 1, "spec": body.spec.model_dump(mode="json")},
+            {"uid": instance.uid, "generation": 1, "spec": spec.model_dump(mode="json")},
         )
+        if root is not None:
+            data = {"uid": root_uid, "spec": root[1].model_dump(mode="json"), "owner": body.name}
+            self._recorder.publish("volume.created", "volume", root[0], data)
+            self._enqueue_volume(root[0])
         self._recorder.operation_created(op)
         self._enqueue(body.name, False)
         return op
+
+    @staticmethod
+    def _root_volume(name: str, image: Image, root: RootDisk) -> tuple[str, VolumeSpec]:
+        volume = root_volume_name(name)
+        if len(volume) > MAX_NAME_LENGTH:
+            longest = MAX_NAME_LENGTH - len(ROOT_SUFFIX)
+            raise InvalidInput(
+                f"name {name!r} is too long for an instance of a disk image: its root volume "
+                f"{volume!r} needs a name of at most {MAX_NAME_LENGTH} characters, so the "
+                f"instance's may have at most {longest}",
+                code="invalid_name",
+                field="name",
+            )
+        return volume, root_volume_spec(image, root)
 
     def patch(
         self, name: str, patch: InstanceSpecPatch, if_match: str | None
@@ -215,8 +307,34 @@ class InstanceService:
             != (instance.spec.cpus, instance.spec.memory_mib, instance.spec.machine)
         ):
             message = "cpus, memory and machine changes apply at the next start"
+        if spec.disks != instance.spec.disks:
+            note = self._check_disk_change(instance, spec)
+            message = f"{message}; {note}" if message and note else message or note
         params = {"note": message} if message else None
         return self._change("update", instance, spec, params=params, message=message)
+
+    @staticmethod
+    def _check_disk_change(instance: Instance, spec: InstanceSpec) -> str:
+        """Refuse unplugging the boot disk of a running guest; say what waits for a restart."""
+        if instance.spec.power != PowerState.RUNNING and instance.status.pid is None:
+            return ""
+        kept = {d.volume: d for d in spec.disks}
+        for disk in instance.spec.disks:
+            if disk.boot and disk.volume not in kept:
+                raise Conflict(
+                    f"volume {disk.volume!r} is the boot disk of running instance "
+                    f"{instance.name!r}; stop the instance before removing it",
+                    code="invalid_state",
+                    field="spec.disks",
+                )
+        before = {d.volume: d for d in instance.spec.disks}
+        if any(before[v] != d for v, d in kept.items() if v in before):
+            return "boot and read_only changes of attached disks apply at the next start"
+        return ""
+
+    def set_disks(self, name: str, disks: list[InstanceDisk]) -> Operation:
+        """Replace spec.disks (attach/detach actions): an `update` operation."""
+        return self.patch(name, InstanceSpecPatch(disks=disks), None)[0]
 
     def delete(self, name: str) -> Operation:
         """Ask for deletion: the controller shuts the guest down, forgets it, drops the row.
@@ -229,6 +347,14 @@ class InstanceService:
             for existing in running:
                 if existing.operation.kind == "delete":
                     return existing.operation
+            for volume in volume_store.volumes_of_instance(session, name):
+                clones = volume_store.thin_clones_of(session, volume.name)
+                if volume.volume.status.owner == name and clones:
+                    raise Conflict(
+                        f"instance {name!r} owns volume {volume.name!r}, the source of thin "
+                        f"clone(s) {', '.join(clones[:10])}; delete them first",
+                        code="volume_in_use",
+                    )
             instance_store.mark_deleting(session, name)
             op = operation_store.create_operation(
                 session,

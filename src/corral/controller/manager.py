@@ -1,10 +1,12 @@
 """The Controller: one object that owns the reconcile machinery of a server process.
 
-It starts the instance work queue, resyncs every instance periodically (so a guest killed
-behind Corral's back is noticed within one resync even if no event said so; the resync asks
-the planner which instances need a pass, so 1,000 idle instances cost one batch read), turns agent
-events into faster reconciles, keeps host facts fresh, and offers the services the API uses.
-Stopping it stops only the control plane: guests keep running.
+It starts the work queues (instances, pools, volumes: one key per object, so each object is
+reconciled by one pass at a time), resyncs periodically (so a guest killed behind Corral's
+back is noticed within one resync even if no event said so; the resync asks the planners
+which objects need a pass, so 1,000 idle instances cost one batch read), turns agent events
+into faster reconciles, keeps host and pool facts fresh, makes the default pool on first
+start, and offers the services the API uses. Stopping it stops only the control plane:
+guests keep running.
 """
 
 from __future__ import annotations
@@ -15,17 +17,25 @@ import logging
 import time
 
 from corral.bus.local import EventBus, HostAgent
+from corral.controller.disk_steps import StorageHooks
 from corral.controller.hosts import HostMonitor
 from corral.controller.image_service import ImageService
 from corral.controller.instance_service import InstanceService
 from corral.controller.plan import needs_reconcile
+from corral.controller.pool_reconciler import PoolReconciler
+from corral.controller.pool_service import PoolService
 from corral.controller.reconciler import TARGET_KIND, InstanceReconciler
 from corral.controller.recorder import Recorder
 from corral.controller.settings import ControllerSettings
+from corral.controller.storage_plan import pool_needs_reconcile, volume_needs_reconcile
+from corral.controller.volume_reconciler import VolumeReconciler
+from corral.controller.volume_service import VolumeService
 from corral.controller.workqueue import WorkQueue
 from corral.model.rpc import AgentEvent, GuestObservation, GuestRunState
 from corral.store import instances as instance_store
 from corral.store import operations as operation_store
+from corral.store import pools as pool_store
+from corral.store import volumes as volume_store
 from corral.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -42,15 +52,34 @@ class Controller:
         self.bus = bus
         self.agent = agent
         self.recorder = Recorder(db, bus)
-        self.reconciler = InstanceReconciler(self.recorder, agent, settings)
+        hooks = StorageHooks(enqueue_pool=self.enqueue_pool)
+        self.reconciler = InstanceReconciler(self.recorder, agent, settings, hooks)
         self.queue = WorkQueue(
             self.reconciler.reconcile, name="instances", workers=settings.workers
         )
+        self.pool_reconciler = PoolReconciler(self.recorder, agent)
+        self.pool_queue = WorkQueue(self.pool_reconciler.reconcile, name="pools", workers=4)
+        self.volume_reconciler = VolumeReconciler(
+            self.recorder,
+            agent,
+            enqueue_pool=self.enqueue_pool,
+            enqueue_instance=self.enqueue,
+        )
+        self.volume_queue = WorkQueue(
+            self.volume_reconciler.reconcile, name="volumes", workers=settings.workers
+        )
         self.hosts = HostMonitor(self.recorder, agent, settings.host_name)
         self.instances = InstanceService(
-            self.recorder, agent, self.hosts, self.enqueue, settings.shutdown_timeout_s
+            self.recorder,
+            agent,
+            self.hosts,
+            self.enqueue,
+            settings.shutdown_timeout_s,
+            enqueue_volume=self.enqueue_volume,
         )
         self.images = ImageService(self.recorder, agent)
+        self.pools = PoolService(self.recorder, self.enqueue_pool)
+        self.volumes = VolumeService(self.recorder, self.instances, self.enqueue_volume)
         self._resync_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -64,8 +93,12 @@ class Controller:
         self._running = True
         await self.hosts.refresh()
         self.images.recover()
+        self.pools.ensure_default()
         self.agent.subscribe(self._on_agent_event)
+        self.pool_queue.start()
+        self.volume_queue.start()
         self.queue.start()
+        self.enqueue_storage(refresh=True)
         self.enqueue_all()
         await self._report_unknown_guests()
         self._resync_task = self._loop.create_task(self._resync_forever(), name="resync")
@@ -79,6 +112,8 @@ class Controller:
                 await self._resync_task
             self._resync_task = None
         await self.queue.stop()
+        await self.volume_queue.stop()
+        await self.pool_queue.stop()
         await self.images.stop()
 
     def enqueue(self, name: str, interrupt: bool = False) -> None:
@@ -86,6 +121,48 @@ class Controller:
         self.queue.add(name)
         if interrupt:
             self.reconciler.interrupt(name)
+
+    def enqueue_pool(self, name: str) -> None:
+        """Reconcile pool `name` soon."""
+        self.pool_queue.add(name)
+
+    def enqueue_volume(self, name: str) -> None:
+        """Reconcile volume `name` soon."""
+        self.volume_queue.add(name)
+
+    def enqueue_storage(self, *, refresh: bool) -> int:
+        """Enqueue the pools and volumes that need a pass (all of them with `refresh`, which
+        re-reads their facts from the host); return how many objects were queued.
+
+        Reading a pool's facts looks at every volume file in it (qemu-img info), so steady
+        pools and volumes are refreshed only every `storage_refresh_s`; a volume that changes
+        enqueues its pool at once.
+        """
+        with self.db.transaction() as session:
+            pools = pool_store.list_pools(session)
+            volumes = volume_store.list_volume_records(session)
+            busy = operation_store.targets_with_running_operations(session, "volume")
+            busy |= operation_store.targets_with_running_operations(session, "pool")
+        queued = 0
+        for pool in pools:
+            if refresh or pool.name in busy or pool_needs_reconcile(pool.status, pool.generation):
+                self.pool_queue.add(pool.name)
+                queued += 1
+        for record in volumes:
+            volume = record.volume
+            if (
+                refresh
+                or volume.name in busy
+                or volume_needs_reconcile(
+                    volume.spec,
+                    volume.status,
+                    generation=volume.generation,
+                    deleting=record.deleting,
+                )
+            ):
+                self.volume_queue.add(volume.name)
+                queued += 1
+        return queued
 
     def enqueue_all(self) -> int:
         """Enqueue every instance (the periodic resync); return how many."""
@@ -144,12 +221,18 @@ class Controller:
         return queued
 
     async def _resync_forever(self) -> None:
-        last_host_refresh = time.monotonic()
+        last_host_refresh = last_storage_refresh = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.resync_s)
             try:
                 await self.resync()
-                if time.monotonic() - last_host_refresh >= self.settings.host_refresh_s:
+                now = time.monotonic()
+                storage = now - last_storage_refresh >= self.settings.storage_refresh_s
+                self.enqueue_storage(refresh=storage)
+                if storage:
+                    last_storage_refresh = now
+                refresh = now - last_host_refresh >= self.settings.host_refresh_s
+                if refresh:
                     last_host_refresh = time.monotonic()
                     await self.hosts.refresh()
                     with self.db.transaction() as session:

@@ -8,12 +8,17 @@ Two promises shape the rules:
 - never stop a guest unless the spec says so (stopped, deleting, restart): a failure of the
   control plane or a status that disagrees with reality is met by adopting, not by killing;
 - a guest that exits when nobody asked is handled by `spec.on_crash` (stop or restart).
+
+Disks: a guest is launched with every disk of its spec; while it runs, the disks the spec
+lists and the guest lacks are hot-plugged, and volume disks it has that the spec dropped are
+unplugged (plan_disks). A stopped instance's disks are only recorded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corral.controller.disks import disk_id, is_volume_disk
 from corral.model.instance import (
     InstanceSpec,
     InstanceState,
@@ -24,6 +29,8 @@ from corral.model.instance import (
 from corral.model.rpc import GuestObservation, GuestRunState
 
 READY_TIMEOUT_REASON = "GuestAgentTimeout"
+DISKS_CONDITION = "DisksAttached"
+DISK_FAILED_REASON = "HotplugFailed"
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
 
@@ -91,6 +98,25 @@ class RestartBackoff:
 
 
 @dataclass(frozen=True)
+class AttachDisk:
+    """Hot-plug the volume into the running guest."""
+
+    volume: str
+
+
+@dataclass(frozen=True)
+class DetachDisk:
+    """Hot-unplug a volume's disk (by its device id) from the running guest."""
+
+    disk_id: str
+
+
+@dataclass(frozen=True)
+class ReleaseDisks:
+    """A deleted instance lets go of its volumes: its own are deleted, others detached."""
+
+
+@dataclass(frozen=True)
 class DeleteRecord:
     """Remove the instance from the store: the last step of a delete."""
 
@@ -106,6 +132,9 @@ Step = (
     | MarkDeleting
     | RecordExit
     | RestartBackoff
+    | AttachDisk
+    | DetachDisk
+    | ReleaseDisks
     | DeleteRecord
 )
 
@@ -124,6 +153,33 @@ def ready_timed_out(status: InstanceStatus) -> bool:
     """True when the guest agent of the current run already failed to answer in time."""
     ready = status.condition("Ready")
     return ready is not None and not ready.status and ready.reason == READY_TIMEOUT_REASON
+
+
+def hotplug_failed(status: InstanceStatus, generation: int) -> bool:
+    """True when hot-plugging failed for this generation: wait for a new one, do not loop."""
+    disks = status.condition(DISKS_CONDITION)
+    return (
+        disks is not None
+        and not disks.status
+        and disks.reason == DISK_FAILED_REASON
+        and status.observed_generation >= generation
+    )
+
+
+def plan_disks(spec: InstanceSpec, attached: list[str]) -> list[Step]:
+    """Hot-plug steps for a running guest: unplug volume disks the spec dropped, then plug
+    what it lacks, in spec order (so they appear in the guest in that order)."""
+    wanted = [disk_id(disk.volume) for disk in spec.disks]
+    steps: list[Step] = [
+        DetachDisk(device) for device in attached if is_volume_disk(device) and device not in wanted
+    ]
+    have = set(attached)
+    steps += [
+        AttachDisk(d.volume)
+        for d, device in zip(spec.disks, wanted, strict=True)
+        if device not in have
+    ]
+    return steps
 
 
 def plan_instance(
@@ -147,7 +203,7 @@ def plan_instance(
     if deleting:
         steps: list[Step] = [] if status.state == InstanceState.DELETING else [MarkDeleting()]
         steps += halt if alive else end_powered_off
-        return [*steps, Forget(), DeleteRecord()]
+        return [*steps, Forget(), ReleaseDisks(), DeleteRecord()]
 
     if spec.power == PowerState.STOPPED:
         # The runtime files stay: the console log of a stopped guest is still worth reading.
@@ -161,13 +217,14 @@ def plan_instance(
         return [*(halt if alive else end_powered_off), Forget(), Launch(), WaitReady()]
 
     if alive:
+        hotplug = [] if hotplug_failed(status, generation) else plan_disks(spec, observation.disks)
         same_run = status.pid is not None and status.pid == observation.pid
         if not same_run:
-            return [Adopt(), WaitReady()]
+            return [Adopt(), WaitReady(), *hotplug]
         steps = [] if status.state in _UP_STATES else [Adopt()]
         if not status.ready and not ready_timed_out(status):
             steps.append(WaitReady())
-        return steps
+        return [*steps, *hotplug]
 
     was_up = status.pid is not None and status.state in _UP_STATES
     if was_up:

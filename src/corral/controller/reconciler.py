@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from corral.bus.agent_link import AgentAPI
+from corral.controller.disk_steps import DiskSteps, StorageHooks
 from corral.controller.plan import StopPolicy, plan_instance
 from corral.controller.recorder import Recorder
 from corral.controller.run import Interrupted, ReconcileRun, StepFailed
@@ -37,6 +38,7 @@ _FAILURE_CODES = {
     "LaunchFailed": "launch_failed",
     "ImageMissing": "unknown_image",
     "ImageNotReady": "image_not_ready",
+    "VolumeMissing": "unknown_volume",
 }
 
 
@@ -55,13 +57,20 @@ def stop_policy(operations: list[OperationRecord], default_timeout_s: float) -> 
 class InstanceReconciler:
     """Drives one instance at a time (the work queue keeps it to one pass per instance)."""
 
-    def __init__(self, recorder: Recorder, agent: AgentAPI, settings: ControllerSettings) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        agent: AgentAPI,
+        settings: ControllerSettings,
+        hooks: StorageHooks,
+    ) -> None:
         self._recorder = recorder
         self._db = recorder.db
         self._agent = agent
         self._settings = settings
         self._interrupts: dict[str, asyncio.Event] = {}
-        self._steps = StepExecutor(recorder, agent, settings, self._interruptible)
+        self._disks = DiskSteps(recorder, agent, hooks)
+        self._steps = StepExecutor(recorder, agent, settings, self._interruptible, self._disks)
 
     def __repr__(self) -> str:
         return f"InstanceReconciler(in_progress={sorted(self._interrupts)})"
@@ -146,6 +155,7 @@ class InstanceReconciler:
         if run.status.observed_generation != run.generation:
             run.status.observed_generation = run.generation
             self._recorder.write_status(run.name, run.status, run.instance.status, run.generation)
+        self._disks.record_attachments(run)
         with self._db.transaction() as session:
             waiting = operation_store.running_operations(session, TARGET_KIND, run.name)
         error = self._operation_error(run)

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from corral.errors import CorralError
 from corral.model.instance import Condition, Instance, InstanceSpec, InstanceStatus
-from corral.model.rpc import GuestObservation
+from corral.model.rpc import GuestObservation, GuestRunState
 from corral.store.operations import OperationRecord
 
 
@@ -26,17 +26,22 @@ class Interrupted(Exception):
 
 @dataclass
 class ReconcileRun:
-    """One pass over one instance. `status` is the copy the steps change and write."""
+    """One pass over one instance. `status` is the copy the steps change and write;
+    `guest_disks` the disk ids of the running guest as the steps leave them (None: the guest
+    does not run)."""
 
     instance: Instance
     observation: GuestObservation
     operations: list[OperationRecord]
     status: InstanceStatus = field(init=False)
+    guest_disks: set[str] | None = field(init=False)
     failure: StepFailed | None = None
     deleted: bool = False
 
     def __post_init__(self) -> None:
         self.status = self.instance.status.model_copy(deep=True)
+        alive = self.observation.state in (GuestRunState.RUNNING, GuestRunState.PAUSED)
+        self.guest_disks = set(self.observation.disks) if alive else None
 
     @property
     def name(self) -> str:

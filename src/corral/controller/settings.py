@@ -17,3 +17,4 @@ class ControllerSettings:
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     workers: int = 32
     host_refresh_s: float = 60.0
+    storage_refresh_s: float = 30.0  # re-read facts of steady pools and volumes this often

@@ -12,16 +12,22 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from corral.bus.agent_link import AgentAPI
+from corral.controller.disk_steps import DiskProblem, DiskSteps
 from corral.controller.plan import (
+    DISK_FAILED_REASON,
+    DISKS_CONDITION,
     READY_TIMEOUT_REASON,
     Adopt,
+    AttachDisk,
     DeleteRecord,
+    DetachDisk,
     Forget,
     Kill,
     Launch,
     MarkDeleting,
     MarkStopped,
     RecordExit,
+    ReleaseDisks,
     RestartBackoff,
     Shutdown,
     Step,
@@ -43,7 +49,7 @@ from corral.errors import (
 from corral.model.image import ImageState
 from corral.model.instance import InstanceState, PowerState
 from corral.model.operation import OperationError
-from corral.model.rpc import GuestRunState, LaunchRequest
+from corral.model.rpc import CloudInitSeed, GuestRunState, LaunchRequest
 from corral.store import images as image_store
 from corral.store import instances as instance_store
 from corral.store.types import utcnow
@@ -63,12 +69,14 @@ class StepExecutor:
         agent: AgentAPI,
         settings: ControllerSettings,
         interruptible: Callable[[str, Awaitable[object]], Awaitable[object]],
+        disks: DiskSteps,
     ) -> None:
         self._recorder = recorder
         self._db = recorder.db
         self._agent = agent
         self._settings = settings
         self._interruptible = interruptible
+        self._disks = disks
 
     async def run(self, run: ReconcileRun, step: Step) -> None:
         """Execute `step`; StepFailed ends the plan, TemporaryError retries it later."""
@@ -85,6 +93,7 @@ class StepExecutor:
                 self._set_state(run, InstanceState.STOPPING)
                 self._progress(run, 0.3, "stopping the guest at once")
                 await self._agent.kill(run.name)
+                run.guest_disks = None
             case Forget():
                 await self._forget(run)
             case MarkStopped():
@@ -99,6 +108,15 @@ class StepExecutor:
                 if delay > 0:
                     log.info("restarting %s in %.0fs (crash-loop backoff)", run.name, delay)
                     await self._interruptible(run.name, asyncio.sleep(delay))
+            case AttachDisk(volume=volume):
+                self._progress(run, 0.5, f"attaching volume {volume}")
+                await self._hotplug(run, self._disks.attach(run, volume))
+            case DetachDisk(disk_id=device):
+                self._progress(run, 0.5, f"detaching disk {device}")
+                await self._hotplug(run, self._disks.detach(run, device))
+            case ReleaseDisks():
+                self._progress(run, 0.7, "releasing the volumes")
+                await self._disks.release(run)
             case DeleteRecord():
                 self._delete_record(run)
 
@@ -127,7 +145,21 @@ class StepExecutor:
         return StepFailed(code, message)
 
     # -- steps -------------------------------------------------------------------------------
+    async def _hotplug(self, run: ReconcileRun, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except DiskProblem as err:
+            now = utcnow()
+            set_condition(run.status, DISKS_CONDITION, False, DISK_FAILED_REASON, err.message, now)
+            self._write(run)
+            raise StepFailed(err.code, err.message) from err
+        disks = run.status.condition(DISKS_CONDITION)
+        if disks is not None and not disks.status:
+            set_condition(run.status, DISKS_CONDITION, True, "Attached", "", utcnow())
+            self._write(run)
+
     async def _launch(self, run: ReconcileRun) -> None:
+        request = self._launch_request(run)
         now = utcnow()
         status = run.status
         status.state = InstanceState.STARTING
@@ -141,7 +173,6 @@ class StepExecutor:
             set_condition(status, "GuestExited", False, "Relaunched", exited.message, now)
         self._write(run)
         self._progress(run, 0.1, "launching the guest")
-        request = self._launch_request(run)
         try:
             observation = await self._agent.launch(request)
         except (PermanentError, InvalidInput) as err:
@@ -158,6 +189,10 @@ class StepExecutor:
         status.pid = observation.pid
         status.started_at = observation.started_at or utcnow()
         status.accel = observation.accel
+        launched = {disk.id for disk in request.disks}
+        run.guest_disks = set(observation.disks) or launched
+        if (disks := status.condition(DISKS_CONDITION)) is not None and not disks.status:
+            set_condition(status, DISKS_CONDITION, True, "Launched", "", utcnow())
         self._write(run)
         self._progress(run, 0.5, "waiting for the guest agent")
 
@@ -181,6 +216,18 @@ class StepExecutor:
                 f"image {spec.image!r} is {image.state.value}; wait for its build (or build it "
                 f"again) and start {run.name!r} again",
             )
+        try:
+            disks = self._disks.launch_disks(run)
+        except DiskProblem as err:
+            raise self._fail(run, err.code, err.reason, err.message) from err
+        seed = None
+        if image.cloud_init:
+            seed = CloudInitSeed(
+                instance_id=run.instance.uid,
+                hostname=run.name,
+                ssh_keys=list(spec.ssh_keys),
+                user_data=spec.user_data,
+            )
         return LaunchRequest(
             name=run.name,
             uid=run.instance.uid,
@@ -190,6 +237,8 @@ class StepExecutor:
             kernel=image.kernel,
             initrd=image.initrd,
             cmdline=image.cmdline,
+            disks=disks,
+            cloud_init=seed,
         )
 
     async def _wait_ready(self, run: ReconcileRun) -> None:
@@ -251,6 +300,7 @@ class StepExecutor:
             log.warning("guest %s still %s after shutdown; killing it", run.name, seen.state)
             self._progress(run, 0.5, "the guest did not power off; stopping it at once")
             await self._agent.kill(run.name)
+        run.guest_disks = None
 
     async def _forget(self, run: ReconcileRun) -> None:
         try:

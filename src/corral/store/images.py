@@ -23,6 +23,9 @@ def _to_model(row: ImageRow) -> Image:
         kernel=row.kernel,
         initrd=row.initrd,
         cmdline=row.cmdline,
+        disk=row.disk,
+        disk_virtual_size_bytes=row.disk_virtual_size_bytes or 0,
+        cloud_init=bool(row.cloud_init),
         build_seconds=row.build_seconds,
         created_at=row.created_at,
         message=row.message,
@@ -67,6 +70,9 @@ def start_image_build(session: Session, name: str, recipe: str) -> Image:
     row.kernel = None
     row.initrd = None
     row.cmdline = ""
+    row.disk = None
+    row.disk_virtual_size_bytes = 0
+    row.cloud_init = False
     row.build_seconds = None
     row.message = f"building from recipe {recipe!r}"
     row.updated_at = now
@@ -87,6 +93,9 @@ def mark_image_ready(session: Session, artifact: ImageArtifact) -> Image:
     row.kernel = artifact.kernel
     row.initrd = artifact.initrd
     row.cmdline = artifact.cmdline
+    row.disk = artifact.disk
+    row.disk_virtual_size_bytes = artifact.disk_virtual_size_bytes
+    row.cloud_init = artifact.cloud_init
     row.build_seconds = artifact.build_seconds
     row.message = ""
     row.updated_at = utcnow()

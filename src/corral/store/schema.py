@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from corral.store.types import UTCDateTime
@@ -59,6 +59,10 @@ class ImageRow(Base):
     cmdline: Mapped[str] = mapped_column(Text, default="")
     build_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")
+    # "disk" images (migration 0002): the qcow2 root disk volumes thin-clone, and cloud-init.
+    disk: Mapped[str | None] = mapped_column(Text, nullable=True)
+    disk_virtual_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    cloud_init: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -104,4 +108,50 @@ class HostRow(Base):
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     facts: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="ready")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PoolRow(Base):
+    """One storage pool: identity, desired spec, observed status (migration 0002)."""
+
+    __tablename__ = "pools"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    driver: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class VolumeRow(Base):
+    """One volume. Besides spec and status it keeps, as plain columns, what queries need:
+    its pool, its sources (what it depends on), the instance whose spec lists it (`instance`,
+    written with that spec), the instance it is attached to now (`attached_to`, a copy of the
+    status field the controller writes), the instance that owns it, and why its creation
+    failed."""
+
+    __tablename__ = "volumes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    pool: Mapped[str] = mapped_column(String(63), index=True)
+    source_image: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    source_volume: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    thin_source: Mapped[bool] = mapped_column(Boolean, default=False)
+    instance: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    attached_to: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    owner: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    failure: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

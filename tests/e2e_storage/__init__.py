@@ -1,0 +1,1 @@
+"""End-to-end tests of pools, volumes and disks against real QEMU guests (issue 3)."""

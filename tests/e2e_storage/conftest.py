@@ -1,0 +1,53 @@
+"""One real Corral server (QEMU compute) for the storage e2e tests, with `tiny` built.
+
+The server harness is tests/e2e/server.py; this folder only makes its own session server so
+it can run alone (`pytest tests/e2e_storage`) or next to tests/e2e.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import CorralServer
+
+
+@pytest.fixture(scope="session")
+def storage_server(
+    tmp_path_factory: pytest.TempPathFactory, image_cache_dir: Path
+) -> Iterator[CorralServer]:
+    """A running `corral serve` with the `tiny` image built."""
+    root = tmp_path_factory.mktemp("corral-e2e-storage")
+    srv = CorralServer(data_dir=root / "data", cache_dir=image_cache_dir)
+    srv.start()
+    try:
+        srv.cli("image", "build", "tiny", timeout=600)
+        yield srv
+    finally:
+        with contextlib.suppress(Exception):
+            _remove_storage(srv)  # a failed test must not leave a loop device or a mount
+        srv.stop()
+        srv.kill_guests()
+        shutil.rmtree(srv.runtime_dir, ignore_errors=True)
+
+
+def _wait(api: httpx.Client, answer: httpx.Response) -> None:
+    if answer.status_code == 202:
+        api.get(answer.headers["location"], params={"wait": 60})
+
+
+def _remove_storage(srv: CorralServer) -> None:
+    """Delete what the tests left: instances, volumes, and pools other than the default."""
+    with srv.api() as api:
+        for instance in api.get("/v1/instances").json()["items"]:
+            _wait(api, api.delete(f"/v1/instances/{instance['name']}"))
+        for volume in api.get("/v1/volumes").json()["items"]:
+            _wait(api, api.delete(f"/v1/volumes/{volume['name']}"))
+        for pool in api.get("/v1/pools").json()["items"]:
+            if pool["name"] != "default":
+                _wait(api, api.delete(f"/v1/pools/{pool['name']}"))
