@@ -4,7 +4,8 @@
 VENV        := .venv
 PY          := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd kmod \
-                iproute2 procps ca-certificates btrfs-progs dosfstools mtools
+                iproute2 procps ca-certificates btrfs-progs dosfstools mtools \
+                mmdebstrap e2fsprogs
 PYTEST_ARGS ?=
 
 .PHONY: setup apt venv test lint unit demo bench clean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,12 @@ def test_public_api_is_what_the_driver_uses() -> None:
         "build_image",
         "list_recipes",
         "load_image",
+        "write_nocloud_seed",
     ]
 
 
-def test_tiny_is_a_known_recipe() -> None:
-    assert "tiny" in list_recipes()
+def test_tiny_and_debian_12_are_known_recipes() -> None:
+    assert {"tiny", "debian-12"} <= set(list_recipes())
 
 
 def test_unknown_recipe_is_refused_before_touching_disk(tmp_path: Path) -> None:
@@ -45,6 +47,55 @@ def test_failed_build_leaves_nothing_behind(
 def test_load_image_refuses_a_directory_without_an_image(tmp_path: Path) -> None:
     with pytest.raises(ImageBuildError, match="build it again"):
         load_image(tmp_path)
+
+
+def write_files(directory: Path, *names: str) -> None:
+    for name in names:
+        (directory / name).write_bytes(name.encode())
+
+
+def test_disk_image_manifest_round_trips(tmp_path: Path) -> None:
+    write_files(tmp_path, "vmlinux", "initrd.img", "disk.qcow2")
+    image = BuiltImage(
+        name="debian-12",
+        kind="disk",
+        kernel=tmp_path / "vmlinux",
+        initrd=tmp_path / "initrd.img",
+        cmdline="root=/dev/vda ro",
+        size_bytes=30,
+        digest="sha256:" + "0" * 64,
+        recipe={"name": "debian-12"},
+        build_seconds=42.0,
+        disk=tmp_path / "disk.qcow2",
+        disk_virtual_size_bytes=2 << 30,
+        cloud_init=True,
+    )
+    manifest = image.to_manifest()
+    assert manifest["disk"] == "disk.qcow2"  # relative: the directory can move
+    (tmp_path / "image.json").write_text(json.dumps(manifest))
+    assert load_image(tmp_path) == image
+
+    (tmp_path / "disk.qcow2").unlink()
+    with pytest.raises(ImageBuildError, match="missing"):
+        load_image(tmp_path)
+
+
+def test_manifests_from_before_disk_images_still_load(tmp_path: Path) -> None:
+    write_files(tmp_path, "vmlinux", "initrd.cpio.zst")
+    old = {
+        "name": "tiny",
+        "kind": "initramfs",
+        "kernel": "vmlinux",
+        "initrd": "initrd.cpio.zst",
+        "cmdline": "quiet",
+        "size_bytes": 1,
+        "digest": "sha256:x",
+        "recipe": {},
+        "build_seconds": 1.0,
+    }
+    (tmp_path / "image.json").write_text(json.dumps(old))
+    image = load_image(tmp_path)
+    assert (image.disk, image.disk_virtual_size_bytes, image.cloud_init) == (None, 0, False)
 
 
 @pytest.mark.slow

@@ -28,6 +28,9 @@ class BuiltFiles:
     digest: str
     recipe: dict[str, Any]
     build_seconds: float
+    disk: Path | None = None  # kind "disk": the qcow2 root disk instances thin-clone
+    disk_virtual_size_bytes: int = 0
+    cloud_init: bool = False  # instances need a NoCloud seed (corral.images.seed)
 
 
 class ImageBuilder(Protocol):
@@ -70,6 +73,9 @@ class DebianImageBuilder:
             digest=built.digest,
             recipe=dict(built.recipe),
             build_seconds=built.build_seconds,
+            disk=built.disk,
+            disk_virtual_size_bytes=built.disk_virtual_size_bytes,
+            cloud_init=built.cloud_init,
         )
 
 

@@ -159,7 +159,7 @@ def resolve_closure(names: Sequence[str]) -> list[DebPackage]:
 
 
 @contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def cache_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on `directory` (advisory; shared by every Corral build)."""
     with open(directory / ".lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -174,7 +174,7 @@ def fetch(
 ) -> dict[DebPackage, Path]:
     """Make sure every package's .deb is in `debs_dir`, downloading only the missing ones."""
     debs_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(debs_dir):
+    with cache_lock(debs_dir):
         missing = [p for p in packages if not (debs_dir / p.filename).is_file()]
         total = len(missing)
         if progress:

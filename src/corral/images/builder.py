@@ -1,4 +1,8 @@
-"""Build a bootable guest image from a recipe: resolve, download, unpack, kernel, initramfs.
+"""Build a bootable guest image from a recipe.
+
+`initramfs` recipes (tiny): resolve, download, unpack, kernel, initramfs.
+`disk` recipes (debian-12): mmdebstrap a root filesystem, take its kernel and initramfs out,
+write the rest as a qcow2 root disk.
 
 The QEMU driver and the API server call `build_image`; everything it makes lands in
 `dest_dir` at once (built in a hidden sibling directory, then renamed), so a failed or
@@ -11,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -18,12 +23,13 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from corral.errors import ImageBuildError
-from corral.images import apt
+from corral.images import apt, disk, rootfs
 from corral.images.initramfs import assemble, choose_compression, write_initrd
 from corral.images.kernel import extract_vmlinux, find_kernel, kernel_config
 from corral.images.modules import (
@@ -32,7 +38,7 @@ from corral.images.modules import (
     parse_modules_builtin,
     parse_modules_dep,
 )
-from corral.images.recipes import Recipe, get_recipe
+from corral.images.recipes import DiskRecipe, Recipe, get_recipe
 from corral.images.recipes import list_recipes as _recipe_names
 from corral.images.sharedlibs import library_closure
 
@@ -40,8 +46,11 @@ log = logging.getLogger(__name__)
 
 BUILDER_VERSION = 1
 KIND_INITRAMFS = "initramfs"
+KIND_DISK = "disk"
 KERNEL_FILE = "vmlinux"
 INITRD_FILES = {"gzip": "initrd.cpio.gz", "zstd": "initrd.cpio.zst"}
+DISK_INITRD_FILE = "initrd.img"  # Debian's own initramfs, made by initramfs-tools
+DISK_FILE = "disk.qcow2"
 MANIFEST_FILE = "image.json"
 DEBS_SUBDIR = "debs"  # under cache_dir, so the cache can be shared with other tools
 
@@ -53,14 +62,17 @@ class BuiltImage:
     """A finished image in its directory: what to boot and what it was made from."""
 
     name: str
-    kind: str  # "initramfs": kernel + initrd, no disk
+    kind: str  # "initramfs": kernel + initrd, no disk; "disk": plus a qcow2 root disk
     kernel: Path  # uncompressed vmlinux (PVH-bootable ELF)
-    initrd: Path  # compressed newc cpio (zstd or gzip)
+    initrd: Path  # compressed initramfs (tiny: our newc cpio; disk: Debian's initrd.img)
     cmdline: str  # kernel arguments the image needs, without console=
-    size_bytes: int  # kernel + initrd
-    digest: str  # "sha256:<hex>" over the kernel then the initrd
+    size_bytes: int  # kernel + initrd (+ the disk's file size)
+    digest: str  # "sha256:<hex>" over the kernel, the initrd, then the disk
     recipe: dict[str, Any] = field(default_factory=dict)
     build_seconds: float = 0.0
+    disk: Path | None = None  # qcow2 root disk that instances thin-clone (kind "disk")
+    disk_virtual_size_bytes: int = 0  # the smallest volume an instance's root disk can be
+    cloud_init: bool = False  # the guest runs cloud-init: attach a NoCloud seed (seed.py)
 
     def to_manifest(self) -> dict[str, Any]:
         """JSON-ready description, with file names relative to the image directory."""
@@ -74,6 +86,9 @@ class BuiltImage:
             "digest": self.digest,
             "recipe": self.recipe,
             "build_seconds": self.build_seconds,
+            "disk": self.disk.name if self.disk is not None else None,
+            "disk_virtual_size_bytes": self.disk_virtual_size_bytes,
+            "cloud_init": self.cloud_init,
         }
 
 
@@ -97,12 +112,17 @@ def load_image(image_dir: Path) -> BuiltImage:
             digest=data["digest"],
             recipe=dict(data["recipe"]),
             build_seconds=float(data["build_seconds"]),
+            # Manifests written before disk images existed have none of these three.
+            disk=Path(image_dir) / data["disk"] if data.get("disk") else None,
+            disk_virtual_size_bytes=int(data.get("disk_virtual_size_bytes", 0)),
+            cloud_init=bool(data.get("cloud_init", False)),
         )
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ImageBuildError(
             f"no usable image in {image_dir} ({err}); build it again with `corral image build`"
         ) from err
-    if not (image.kernel.is_file() and image.initrd.is_file()):
+    files = [image.kernel, image.initrd] + ([image.disk] if image.disk is not None else [])
+    if not all(path.is_file() for path in files):
         raise ImageBuildError(f"image files are missing in {image_dir}; build it again")
     return image
 
@@ -140,18 +160,16 @@ def build_image(
     except OSError as err:
         raise ImageBuildError(f"cannot create a build directory next to {dest_dir}: {err}") from err
     try:
-        image = _build(recipe, build_dir, cache_dir / DEBS_SUBDIR, report)
-        elapsed = round(time.monotonic() - started, 2)
-        image = BuiltImage(
-            name=image.name,
-            kind=image.kind,
+        if isinstance(recipe, DiskRecipe):
+            image = _build_disk(recipe, build_dir, cache_dir, report)
+        else:
+            image = _build(recipe, build_dir, cache_dir / DEBS_SUBDIR, report)
+        image = replace(
+            image,
             kernel=dest_dir / image.kernel.name,
             initrd=dest_dir / image.initrd.name,
-            cmdline=image.cmdline,
-            size_bytes=image.size_bytes,
-            digest=image.digest,
-            recipe=image.recipe,
-            build_seconds=elapsed,
+            disk=dest_dir / image.disk.name if image.disk is not None else None,
+            build_seconds=round(time.monotonic() - started, 2),
         )
         (build_dir / MANIFEST_FILE).write_text(json.dumps(image.to_manifest(), indent=2) + "\n")
         build_dir.chmod(0o755)  # mkdtemp made it private; QEMU may run as another user
@@ -161,7 +179,7 @@ def build_image(
     except (OSError, subprocess.SubprocessError) as err:
         raise ImageBuildError(f"building image {recipe.name!r} failed: {err}") from err
     finally:
-        shutil.rmtree(build_dir, ignore_errors=True)
+        _remove_build_dir(build_dir)
     size_mib = image.size_bytes / (1 << 20)
     report(1.0, f"done: {recipe.name} in {image.build_seconds:.1f} s ({size_mib:.1f} MiB)")
     return image
@@ -232,6 +250,116 @@ def _build(recipe: Recipe, build_dir: Path, debs_dir: Path, report: _Reporter) -
             "kernel_release": release,
         },
     )
+
+
+def _build_disk(
+    recipe: DiskRecipe, build_dir: Path, cache_dir: Path, report: _Reporter
+) -> BuiltImage:
+    """mmdebstrap a root, take out its kernel and initramfs, write the rest as qcow2."""
+    rootfs.check_host()
+    debs_dir = cache_dir / DEBS_SUBDIR
+    lists_dir = rootfs.lists_cache_dir(cache_dir, recipe)
+    root = build_dir / "root"
+    root.mkdir(mode=0o755)
+    cached = rootfs.prepare_root(root, debs_dir, lists_dir)
+    report(0.0, f"prepare: {recipe.suite}, {len(recipe.packages)} packages, {cached} .debs cached")
+    hooks_dir = build_dir / "hooks"
+    hooks_dir.mkdir()
+    hooks = []
+    for script in (recipe.essential_hook, recipe.customize_hook):
+        hook = hooks_dir / script
+        hook.write_bytes(resources.files("corral.images").joinpath("guest", script).read_bytes())
+        hooks.append(hook)
+    argv = rootfs.mmdebstrap_argv(recipe, root, hooks[0], hooks[1], rootfs.host_apt_proxies())
+    rootfs.run_mmdebstrap(argv, rootfs.MmdebstrapProgress(start=0.01, end=0.8), report)
+    shutil.rmtree(hooks_dir)
+    added = rootfs.harvest_cache(root, debs_dir, lists_dir)
+    packages = rootfs.installed_packages(root)
+    rootfs.clean_root(root)
+
+    vmlinuz, release = find_kernel(root)
+    report(0.8, f"kernel: unpacking {vmlinuz.name} to vmlinux ({added} new .debs cached)")
+    kernel_path = build_dir / KERNEL_FILE
+    kernel_path.write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
+    initrd_path = build_dir / DISK_INITRD_FILE
+    made_initrd = root / "boot" / f"initrd.img-{release}"
+    if not made_initrd.is_file():
+        raise ImageBuildError(f"initramfs-tools made no /boot/{made_initrd.name} in the image")
+    shutil.copyfile(made_initrd, initrd_path)
+
+    used_mib = _tree_bytes(root) / (1 << 20)
+    size_gib = recipe.disk_size_bytes / (1 << 30)
+    report(0.84, f"filesystem: {used_mib:.0f} MiB into a {size_gib:g} GiB ext4")
+    raw = build_dir / "disk.raw"
+    disk.make_ext4(root, raw, recipe.disk_size_bytes, recipe.filesystem_label)
+    shutil.rmtree(root)
+    report(0.9, "qcow2: converting the root disk")
+    disk_path = build_dir / DISK_FILE
+    compression = disk.convert_to_qcow2(raw, disk_path)
+    raw.unlink()
+
+    report(0.96, "digest")
+    files = (kernel_path, initrd_path, disk_path)
+    return BuiltImage(
+        name=recipe.name,
+        kind=KIND_DISK,
+        kernel=kernel_path,
+        initrd=initrd_path,
+        cmdline=recipe.cmdline,
+        size_bytes=sum(path.stat().st_size for path in files),
+        digest=_digest(*files),
+        recipe={
+            "name": recipe.name,
+            "suite": recipe.suite,
+            "packages": packages,
+            "builder_version": BUILDER_VERSION,
+            "kernel_release": release,
+            "filesystem_label": recipe.filesystem_label,
+            "disk_compression": compression,
+        },
+        disk=disk_path,
+        disk_virtual_size_bytes=disk.virtual_size(disk_path),
+        cloud_init=recipe.cloud_init,
+    )
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes allocated by the files under `root` (hard links counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            stat = os.lstat(os.path.join(directory, name))
+            if stat.st_ino not in seen:
+                seen.add(stat.st_ino)
+                total += stat.st_blocks * 512
+    return total
+
+
+def _remove_build_dir(build_dir: Path) -> None:
+    """Delete a build directory, but never through a mount point left inside it."""
+    mounted = _mounts_under(build_dir)
+    if mounted:
+        log.error("not deleting %s: still mounted inside it: %s", build_dir, ", ".join(mounted))
+        return
+    shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path` (from /proc/self/mounts; octal escapes decoded)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    prefix = str(path.resolve())
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 1:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return found
 
 
 def _digest(*paths: Path) -> str:
