@@ -3,6 +3,10 @@
 It implements the control plane's AgentAPI (corral.bus.agent_link) structurally, on top of one
 compute backend, one image builder and one storage backend per pool.
 
+Snapshots and backups of a running guest go through the compute backend (QMP); those of a
+stopped guest or a detached volume through `offline` (qemu-img on the files; the fake compute
+brings a modelled one). Which path is decided per call from the guest's observed state.
+
 Pools the agent has ensured are remembered in `<pools_dir>/<name>.pool.json`, so a restarted
 agent knows them; the first use of a pool in a process ensures it again (a btrfs loop is
 mounted again after a reboot, unfinished volume files are removed).
@@ -15,13 +19,20 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from corral.agent.compute.base import AgentEventHandler, ComputeBackend
+from corral.agent.compute.snapshot_rules import (
+    check_backup_request,
+    check_snapshot_request,
+    snapshot_disks,
+)
 from corral.agent.image_builders import ImageBuilder, ProgressFn
 from corral.agent.storage import StorageBackend, make_storage_backend
+from corral.agent.storage.offline_snapshots import OfflineDisks, QemuImgDisks
 from corral.errors import Conflict, HostError, ImageBuildError, NotFound
 from corral.model.names import validate_name
 from corral.model.rpc import (
@@ -29,6 +40,7 @@ from corral.model.rpc import (
     ExecRequest,
     ExecResult,
     GuestObservation,
+    GuestRunState,
     HostFacts,
     ImageArtifact,
     LaunchRequest,
@@ -37,6 +49,7 @@ from corral.model.rpc import (
     VolumeFacts,
     VolumeRequest,
 )
+from corral.model.rpc_snapshots import BackupRequest, BackupResult, SnapshotRequest, SnapshotResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +76,7 @@ class Agent:
         images_dir: Path,
         cache_dir: Path,
         pools_dir: Path | None = None,
+        offline: OfflineDisks | None = None,
     ) -> None:
         self.host_name = host_name
         self.compute = compute
@@ -76,6 +90,8 @@ class Agent:
         self.pools: dict[str, StorageBackend] = {}
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self._ensured: set[str] = set()  # pools ensured by this process (after a restart: none)
+        self.offline: OfflineDisks = offline if offline is not None else QemuImgDisks()
+        self._offline_locks: dict[str, asyncio.Lock] = {}
         self._load_pool_configs()
 
     def __repr__(self) -> str:
@@ -169,6 +185,9 @@ class Agent:
             digest=built.digest,
             recipe=built.recipe,
             build_seconds=built.build_seconds,
+            disk=str(built.disk) if built.disk else None,
+            disk_virtual_size_bytes=built.disk_virtual_size_bytes,
+            cloud_init=built.cloud_init,
         )
 
     async def delete_image(self, name: str) -> None:
@@ -319,6 +338,131 @@ class Agent:
         """Grow an attached disk while the guest runs."""
         validate_name(instance, "instance")
         await self.compute.resize_disk(instance, disk_id, size_bytes)
+
+    # -- snapshots and backups ------------------------------------------------------------------
+
+    async def _running(self, instance: str) -> GuestObservation | None:
+        """The guest's observation when its process is alive (QMP can act), else None."""
+        observation = await self.compute.observe(validate_name(instance, "instance"))
+        return None if observation.state is GuestRunState.ABSENT else observation
+
+    async def _offline(self, key: str, call: Callable[[], T]) -> T:
+        """Run a qemu-img call in a worker thread, one at a time per instance or volume; a
+        cancelled caller waits for the thread (it cannot be stopped) before giving up."""
+        async with self._offline_locks.setdefault(key, asyncio.Lock()):
+            work = asyncio.ensure_future(asyncio.to_thread(call))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await asyncio.wait({work})
+                raise
+
+    async def snapshot_create(self, req: SnapshotRequest) -> SnapshotResult:
+        """Snapshot through QMP when the guest runs, with qemu-img when it is stopped."""
+        check_snapshot_request(req)
+        if await self._running(req.instance) is not None:
+            return await self.compute.snapshot_create(req)
+        if req.memory:
+            raise Conflict(
+                f"instance {req.instance!r} is stopped: a memory snapshot needs it running. "
+                "Start it, or take a disk-only snapshot",
+                code="invalid_state",
+            )
+        disks = snapshot_disks(req.disks, memory=False)
+        started = time.monotonic()
+        await self._offline(req.instance, lambda: self.offline.create_snapshot(disks, req.tag))
+        return SnapshotResult(
+            tag=req.tag,
+            memory=False,
+            quiesced=False,
+            running=False,
+            duration_ms=(time.monotonic() - started) * 1000,
+        )
+
+    async def snapshot_revert(self, req: SnapshotRequest) -> None:
+        """A memory snapshot loads into the running guest; a stopped guest's disks go back
+        with qemu-img (a memory snapshot then reverts as disk-only: the guest boots from the
+        disks as they were). A disk-only snapshot of a running guest is refused (409)."""
+        check_snapshot_request(req)
+        if await self._running(req.instance) is not None:
+            await self.compute.snapshot_revert(req)
+            return
+        disks = snapshot_disks(req.disks, memory=False)
+        had_memory = await self._offline(
+            req.instance, lambda: self.offline.revert_snapshot(disks, req.tag)
+        )
+        if had_memory:
+            log.info(
+                "instance %s is stopped: reverted its disks to snapshot %s; its memory state "
+                "was not loaded (it boots from the disks as they were)",
+                req.instance,
+                req.tag,
+            )
+
+    async def snapshot_delete(self, req: SnapshotRequest) -> None:
+        """Drop the tag from attached disks through QMP and from the others with qemu-img."""
+        check_snapshot_request(req)
+        live, files = await self._split_disks(req)
+        if live:
+            await self.compute.snapshot_delete(req.model_copy(update={"disks": live}))
+        if files:
+            await self._offline(req.instance, lambda: self.offline.delete_snapshot(files, req.tag))
+
+    async def snapshot_tags(self, req: SnapshotRequest) -> dict[str, list[str]]:
+        """Tags on each disk (disk id -> tags), from QEMU for attached disks, else the files."""
+        check_snapshot_request(req)
+        live, files = await self._split_disks(req)
+        tags: dict[str, list[str]] = {}
+        if live:
+            tags.update(await self.compute.snapshot_tags(req.model_copy(update={"disks": live})))
+        if files:
+            tags.update(
+                await self._offline(req.instance, lambda: self.offline.snapshot_tags(files))
+            )
+        return {disk.id: tags[disk.id] for disk in req.disks}
+
+    async def _split_disks(
+        self, req: SnapshotRequest
+    ) -> tuple[list[DiskAttachment], list[DiskAttachment]]:
+        """(disks attached to the running guest, disks only on files)."""
+        observation = await self._running(req.instance)
+        attached = set(observation.disks) if observation is not None else set()
+        return (
+            [disk for disk in req.disks if disk.id in attached],
+            [disk for disk in req.disks if disk.id not in attached],
+        )
+
+    async def _in_guest(self, req: BackupRequest) -> bool:
+        """True when the disk is attached to the running guest `req.instance` (QMP backs it
+        up); otherwise its file is backed up (qemu-img's lock refuses one a QEMU holds)."""
+        if req.instance is None:
+            return False
+        observation = await self._running(req.instance)
+        return observation is not None and req.disk.id in observation.disks
+
+    async def backup(self, req: BackupRequest, progress: ProgressFn) -> BackupResult:
+        """A job in the running guest's QEMU, else a full copy of the file with qemu-img."""
+        check_backup_request(req)
+        if await self._in_guest(req):
+            return await self.compute.backup(req, progress)
+        what = f"backing up disk {req.disk.id!r}"
+        progress(0.0, what)
+        result = await self._offline(
+            req.instance or f"volume:{req.disk.path}", lambda: self.offline.backup(req)
+        )
+        progress(1.0, f"{what}: done")
+        return result
+
+    async def abort_backup(self, req: BackupRequest) -> None:
+        """Cancel the backup's job if the guest runs with the disk; remove its files either
+        way (a completed point takes the disk's bitmap with it: the next backup is full)."""
+        check_backup_request(req)
+        if await self._in_guest(req):
+            await self.compute.abort_backup(req)
+            return
+        await self._offline(
+            req.instance or f"volume:{req.disk.path}", lambda: self.offline.abort_backup(req)
+        )
 
     def subscribe(self, handler: AgentEventHandler) -> None:
         """Guest events from the compute backend."""

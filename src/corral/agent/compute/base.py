@@ -34,6 +34,9 @@ class ComputeCapabilities:
     live_migrate: bool = False
     console: bool = True
     guest_exec: bool = True
+    snapshots: bool = False  # internal snapshots of a running guest's qcow2 disks
+    snapshots_with_memory: bool = False  # ... including its RAM (revert without a reboot)
+    incremental_backup: bool = False  # persistent dirty bitmaps on a running guest's disks
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,10 @@ class ComputeBackend(Protocol):
 
     async def snapshot_delete(self, req: SnapshotRequest) -> None:
         """Delete a snapshot from the running guest's disks."""
+        ...
+
+    async def snapshot_tags(self, req: SnapshotRequest) -> dict[str, list[str]]:
+        """Snapshot tags on each of the running guest's `req.disks` (disk id -> tags)."""
         ...
 
     async def backup(self, req: BackupRequest, progress: ProgressFn) -> BackupResult:

@@ -5,6 +5,9 @@ have pids and runtime files, survive a new backend object on the same runtime di
 answer exec for a few busybox-like commands, echo on the console, and report events.
 `simulate_crash(name)` stands for a guest killed from outside Corral.
 
+Snapshots and backups are modelled in fake_snapshots.py (tags and bitmaps per disk file; a
+kill leaves bitmaps inconsistent, as kill -9 of QEMU does).
+
 Disks follow the same rules as QEMU's (corral.agent.compute.disks): the guest "sees" them in
 /sys/block (`ls`, `cat .../size|serial|ro` through exec) named vda, vdb, ... in boot order, a
 hot-plugged one taking the lowest free name; the size comes from the image file's header (qcow2)
@@ -23,7 +26,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from corral.agent.compute.base import AccelInfo, AgentEventHandler, ComputeCapabilities
+from corral.agent.compute.base import (
+    AccelInfo,
+    AgentEventHandler,
+    ComputeCapabilities,
+    ProgressFn,
+)
 from corral.agent.compute.disks import (
     boot_order,
     check_disk,
@@ -32,6 +40,8 @@ from corral.agent.compute.disks import (
     check_launch_disks,
     machine_has_hotplug,
 )
+from corral.agent.compute.fake_snapshots import FakeDiskModel, snapshot_result_fields
+from corral.agent.compute.snapshot_rules import check_backup_request, check_tag, snapshot_disks
 from corral.errors import (
     Conflict,
     GuestAgentError,
@@ -50,6 +60,7 @@ from corral.model.rpc import (
     GuestRunState,
     LaunchRequest,
 )
+from corral.model.rpc_snapshots import BackupRequest, BackupResult, SnapshotRequest, SnapshotResult
 
 FAKE_HOST_MEMORY_MIB = 64 * 1024
 _READY_MARKER = b"corral-guest: ready\n"
@@ -61,13 +72,20 @@ class FakeComputeBackend:
     """Guests that exist only as files under `runtime_dir` and state in this object."""
 
     name = "fake"
-    capabilities = ComputeCapabilities(kind="vm", live_migrate=False)
+    capabilities = ComputeCapabilities(
+        kind="vm",
+        live_migrate=False,
+        snapshots=True,
+        snapshots_with_memory=True,
+        incremental_backup=True,
+    )
 
     def __init__(self, runtime_dir: Path, boot_delay_s: float = 0.0) -> None:
         self.runtime_dir = runtime_dir
         self.boot_delay_s = boot_delay_s
         self._handlers: list[AgentEventHandler] = []
         self._consoles: dict[str, list[asyncio.StreamWriter]] = {}
+        self.disk_model = FakeDiskModel(runtime_dir)
         runtime_dir.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -134,6 +152,7 @@ class FakeComputeBackend:
             "started_at": started.isoformat(),
             "booted_at": time.time() + self.boot_delay_s,
             "argv": ["fake-qemu", "-name", req.name, "-m", str(req.memory_mib)],
+            "memory_mib": req.memory_mib,
             "hostname": req.name,
             "machine": req.machine,
             "disks": [],
@@ -202,14 +221,22 @@ class FakeComputeBackend:
             self._emit(name, AgentEventKind.EXITED, reason="shutdown")
 
     async def kill(self, name: str) -> None:
-        """Stop at once."""
+        """Stop at once (its disks' dirty bitmaps become inconsistent, as with SIGKILL)."""
+        paths = self._disk_paths(name)
         if self._mark_absent(name, "killed"):
+            self.disk_model.mark_inconsistent(paths)
             self._emit(name, AgentEventKind.EXITED, reason="killed")
 
     def simulate_crash(self, name: str) -> None:
         """Stand-in for `kill -9` of the guest from outside Corral (no event is delivered,
         as when the agent was not watching): only a resync can notice."""
-        self._mark_absent(name, "killed")
+        paths = self._disk_paths(name)
+        if self._mark_absent(name, "killed"):
+            self.disk_model.mark_inconsistent(paths)
+
+    def _disk_paths(self, name: str) -> list[str]:
+        data = self._load(name)
+        return [str(disk["path"]) for disk in _disks(data)] if data is not None else []
 
     async def forget(self, name: str) -> None:
         """Remove runtime files; refuse while running."""
@@ -306,6 +333,62 @@ class FakeComputeBackend:
         if check_grow(disk_id, int(str(disk["size"])), size_bytes):
             disk["size"] = size_bytes
             self._save(name, data)
+
+    # -- snapshots and backups (modelled: fake_snapshots.py) ------------------------------------
+
+    def _with_disks(self, name: str, disks: list[DiskAttachment], action: str) -> dict[str, object]:
+        data = self._running(name, action)
+        attached = {str(d["id"]) for d in _disks(data)}
+        missing = [disk.id for disk in disks if disk.id not in attached]
+        if missing:
+            raise Conflict(
+                f"cannot {action} on guest {name!r}: disk(s) "
+                f"{', '.join(repr(m) for m in missing)} are not attached to it",
+                code="disk_not_attached",
+            )
+        return data
+
+    async def snapshot_create(self, req: SnapshotRequest) -> SnapshotResult:
+        """Record the snapshot on every writable disk (memory on the first)."""
+        check_tag(req.tag)
+        chosen = snapshot_disks(req.disks, memory=req.memory)
+        data = self._with_disks(req.instance, chosen, f"take snapshot {req.tag!r}")
+        self.disk_model.take(chosen, req.tag, memory=req.memory)
+        memory_mib = int(str(data.get("memory_mib", 256)))
+        return SnapshotResult.model_validate(snapshot_result_fields(req, memory_mib))
+
+    async def snapshot_revert(self, req: SnapshotRequest) -> None:
+        """A memory snapshot 'reloads' (the guest keeps running); disk-only is refused."""
+        check_tag(req.tag)
+        chosen = snapshot_disks(req.disks, memory=False)
+        self._with_disks(req.instance, chosen, f"revert to snapshot {req.tag!r}")
+        self.disk_model.revert(chosen, req.tag, running=True)
+
+    async def snapshot_delete(self, req: SnapshotRequest) -> None:
+        """Forget the tag on the guest's disks."""
+        check_tag(req.tag)
+        self._with_disks(req.instance, req.disks, f"delete snapshot {req.tag!r}")
+        self.disk_model.delete(req.disks, req.tag)
+
+    async def snapshot_tags(self, req: SnapshotRequest) -> dict[str, list[str]]:
+        """Tags per disk."""
+        self._with_disks(req.instance, req.disks, "list snapshots")
+        return self.disk_model.tags(req.disks)
+
+    async def backup(self, req: BackupRequest, progress: ProgressFn) -> BackupResult:
+        """A modelled point: full, or incremental through a consistent bitmap."""
+        check_backup_request(req)
+        name = req.instance or ""
+        self._with_disks(name, [req.disk], f"back up disk {req.disk.id!r}")
+        progress(0.0, f"backing up disk {req.disk.id!r}")
+        result = self.disk_model.backup(req, running=True)
+        progress(1.0, f"backing up disk {req.disk.id!r}: done")
+        return result
+
+    async def abort_backup(self, req: BackupRequest) -> None:
+        """Remove the point's files (a fake backup never runs in the background)."""
+        check_backup_request(req)
+        self.disk_model.abort(req)
 
     def _running(self, name: str, action: str) -> dict[str, object]:
         data = self._load(name)

@@ -16,6 +16,9 @@ flow for every running guest.
 Disks: given at launch (blockdev.py) or hot-plugged (hotplug.py); which ones a guest has is
 asked from QEMU on every observe, so a re-attached backend reports them too. A cloud-init seed
 is written into the guest's runtime dir at launch and removed with it.
+
+Snapshots and backups of a running guest's disks: snapshots.py and backups.py (QMP
+transactions and jobs); this class only finds the guest and holds its disk lock for them.
 """
 
 from __future__ import annotations
@@ -35,8 +38,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from corral.agent.compute.base import AccelInfo, AgentEventHandler, ComputeCapabilities
+from corral.agent.compute.base import (
+    AccelInfo,
+    AgentEventHandler,
+    ComputeCapabilities,
+    ProgressFn,
+)
 from corral.agent.compute.disks import check_disk_id
+from corral.agent.compute.qemu import backups, snapshots
 from corral.agent.compute.qemu.accel import probe_accel
 from corral.agent.compute.qemu.cmdline import build_argv, host_tsc_khz
 from corral.agent.compute.qemu.guest_agent import GuestAgent
@@ -91,6 +100,7 @@ from corral.model.rpc import (
     GuestRunState,
     LaunchRequest,
 )
+from corral.model.rpc_snapshots import BackupRequest, BackupResult, SnapshotRequest, SnapshotResult
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +132,14 @@ class QemuBackend:
     """Guests as QEMU processes under `runtime_dir` (see the module docstring)."""
 
     name = "qemu"
-    capabilities = ComputeCapabilities(kind="vm", live_migrate=False, console=True)
+    capabilities = ComputeCapabilities(
+        kind="vm",
+        live_migrate=False,
+        console=True,
+        snapshots=True,
+        snapshots_with_memory=True,
+        incremental_backup=True,
+    )
 
     def __init__(
         self,
@@ -131,10 +148,12 @@ class QemuBackend:
         *,
         seed_writer: SeedWriter | None = None,
         detach_timeout_s: float = DETACH_TIMEOUT_S,
+        backup_speed_bps: int = 0,
     ) -> None:
         self.runtime_dir = runtime_dir.absolute()
         self.qemu_binary = qemu_binary
         self.detach_timeout_s = detach_timeout_s
+        self.backup_speed_bps = backup_speed_bps  # 0: as fast as the disks go
         self._write_seed = seed_writer or write_nocloud_seed
         self._accel = probe_accel()
         self._tsc_khz = host_tsc_khz()
@@ -435,6 +454,46 @@ class QemuBackend:
                 code="invalid_state",
             )
         return guest
+
+    # -- snapshots and backups (snapshots.py, backups.py) -------------------------------------
+
+    async def snapshot_create(self, req: SnapshotRequest) -> SnapshotResult:
+        """Internal snapshot of the guest's qcow2 disks in one transaction (+ RAM)."""
+        guest = await self._running(req.instance, f"take snapshot {req.tag!r}")
+        async with self._disk_lock(req.instance):
+            return await snapshots.take_snapshot(guest.monitor, guest.agent, req.instance, req)
+
+    async def snapshot_revert(self, req: SnapshotRequest) -> None:
+        """Load memory snapshot `req.tag`: the guest goes on from it without a reboot."""
+        guest = await self._running(req.instance, f"revert to snapshot {req.tag!r}")
+        async with self._disk_lock(req.instance):
+            await snapshots.revert_snapshot(guest.monitor, guest.agent, req.instance, req)
+
+    async def snapshot_delete(self, req: SnapshotRequest) -> None:
+        """Drop `req.tag` from the guest's disks (absent: no-op)."""
+        guest = await self._running(req.instance, f"delete snapshot {req.tag!r}")
+        async with self._disk_lock(req.instance):
+            await snapshots.delete_snapshot(guest.monitor, guest.agent, req.instance, req)
+
+    async def snapshot_tags(self, req: SnapshotRequest) -> dict[str, list[str]]:
+        """Snapshot tags per disk, as QEMU holds them."""
+        guest = await self._running(req.instance, "list snapshots")
+        async with self._disk_lock(req.instance):
+            return await snapshots.snapshot_tags(guest.monitor, guest.agent, req.instance, req)
+
+    async def backup(self, req: BackupRequest, progress: ProgressFn) -> BackupResult:
+        """Full or incremental backup of an attached disk (a job; the guest keeps running)."""
+        name = req.instance or ""
+        guest = await self._running(name, f"back up disk {req.disk.id!r}")
+        return await backups.run_backup(
+            guest.monitor, name, req, progress, speed_bps=self.backup_speed_bps
+        )
+
+    async def abort_backup(self, req: BackupRequest) -> None:
+        """Cancel the guest's backup job for `req.target_path`, drop its node and files."""
+        guest = await self._attached(req.instance or "")
+        if guest is not None:
+            await backups.abort_backup(guest.monitor, guest.runtime.name, req)
 
     def _disk_lock(self, name: str) -> asyncio.Lock:
         """Serialises the disk changes of one guest (not with kill: that must never wait)."""

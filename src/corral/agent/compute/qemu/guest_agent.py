@@ -119,6 +119,15 @@ class GuestAgent:
             await self._ensure_synced(deadline)
             await self._command("guest-ping", None, deadline)
 
+    async def call(
+        self, command: str, arguments: Mapping[str, object] | None = None, timeout_s: float = 10.0
+    ) -> Any:
+        """Any other qemu-ga command (e.g. guest-fsfreeze-freeze): its "return" value."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        async with self._lock:
+            await self._ensure_synced(deadline)
+            return await self._command(command, arguments, deadline)
+
     async def exec(self, command: list[str], stdin: str | None, timeout_s: float) -> ExecResult:
         """Run `command` in the guest (guest-exec + guest-exec-status), capturing its output."""
         if not command:
