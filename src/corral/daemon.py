@@ -111,11 +111,14 @@ def build_app(config: ServerConfig) -> FastAPI:
         agent = build_agent_for(config)
         events = EventLog(db)
         bus = EventBus(events.append)
+        backups_dir = config.data_dir / "backups"
+        backups_dir.mkdir(parents=True, exist_ok=True)
         settings = ControllerSettings(
             host_name=config.host_name,
             resync_s=config.resync_s,
             ready_timeout_s=config.ready_timeout_s,
             shutdown_timeout_s=config.shutdown_timeout_s,
+            backups_dir=backups_dir,
         )
         controller = Controller(db, bus, agent, settings)
         try:

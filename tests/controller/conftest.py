@@ -50,7 +50,7 @@ class Harness:
     @property
     def fake(self) -> FakeComputeBackend:
         """The fake compute backend behind the agent (to simulate crashes, slow boots)."""
-        agent = self.agent
+        agent = getattr(self.agent, "inner", self.agent)  # see tests/controller/gates.py
         assert isinstance(agent, Agent)
         backend = agent.compute
         assert isinstance(backend, FakeComputeBackend)
@@ -171,8 +171,11 @@ async def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str 
     raise AssertionError(f"{what} not reached within {timeout_s}s")
 
 
-async def start_harness(data_dir: Path, **settings: Any) -> Harness:
-    """Open the store, build the fake agent, start a controller."""
+async def start_harness(
+    data_dir: Path, wrap: Callable[[HostAgent], HostAgent] | None = None, **settings: Any
+) -> Harness:
+    """Open the store, build the fake agent (wrapped by `wrap`, e.g. to make one of its calls
+    hang like a crash would), start a controller."""
     db = open_database(sqlite_url(data_dir / "corral.db"))
     events = EventLog(db)
     seen: list[Event] = []
@@ -190,7 +193,10 @@ async def start_harness(data_dir: Path, **settings: Any) -> Harness:
         images_dir=data_dir / "images",
         cache_dir=data_dir / "cache",
     )
-    config = ControllerSettings(host_name="test-host", **({"resync_s": 0.2} | settings))
+    if wrap is not None:
+        agent = wrap(agent)
+    defaults: dict[str, Any] = {"resync_s": 0.2, "backups_dir": data_dir / "backups"}
+    config = ControllerSettings(host_name="test-host", **(defaults | settings))
     controller = Controller(db, bus, agent, config)
     await controller.start()
     return Harness(data_dir, config, db, events, bus, agent, controller, seen)

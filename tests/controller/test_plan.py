@@ -16,6 +16,7 @@ from corral.controller.plan import (
     AttachDisk,
     DeleteRecord,
     DetachDisk,
+    DropSnapshots,
     Forget,
     Kill,
     Launch,
@@ -76,6 +77,8 @@ class Row:
 
 
 HALT = Shutdown(30.0)
+# The end of every delete: forget the guest, drop its snapshots, let go of its disks, the row.
+GONE: list[Step] = [Forget(), DropSnapshots(), ReleaseDisks(), DeleteRecord()]
 BOOT: list[Step] = [Forget(), Launch(), WaitReady()]
 A, B = disk_id("a"), disk_id("b")
 
@@ -131,15 +134,13 @@ ROWS = [
         pid=7, restart=True, generation=2),
     # deleting
     Row("delete a running guest: shut down first", RUNNING, S.RUNNING, G.RUNNING,
-        [MarkDeleting(), HALT, Forget(), ReleaseDisks(), DeleteRecord()], pid=7, seen_pid=7,
-        deleting=True),
+        [MarkDeleting(), HALT, *GONE], pid=7, seen_pid=7, deleting=True),
     Row("delete a stopped instance", STOPPED, S.STOPPED, G.ABSENT,
-        [MarkDeleting(), Forget(), ReleaseDisks(), DeleteRecord()], deleting=True),
+        [MarkDeleting(), *GONE], deleting=True),
     Row("delete resumed after a server restart", RUNNING, S.DELETING, G.ABSENT,
-        [Forget(), ReleaseDisks(), DeleteRecord()], pid=7, deleting=True),
+        GONE, pid=7, deleting=True),
     Row("delete wins over a crash policy", RUNNING, S.RUNNING, G.ABSENT,
-        [MarkDeleting(), Forget(), ReleaseDisks(), DeleteRecord()], pid=7, deleting=True,
-        on_crash=OnCrash.RESTART),
+        [MarkDeleting(), *GONE], pid=7, deleting=True, on_crash=OnCrash.RESTART),
     # disks
     Row("a new instance boots with its disks (no hot-plug)", RUNNING, S.PENDING, G.ABSENT, BOOT,
         observed=0, disks=("a", "b")),

@@ -29,8 +29,9 @@ def test_migrations_run_at_open_and_twice_is_harmless(tmp_path: Path) -> None:
         version = s.execute(text("SELECT version_num FROM alembic_version")).scalar()
         tables = set(s.execute(text("SELECT name FROM sqlite_master WHERE type='table'")).scalars())
     again.close()
-    assert version == "0002"
+    assert version == "0003"
     assert {"instances", "images", "operations", "events", "hosts", "pools", "volumes"} <= tables
+    assert {"snapshots", "backups", "backup_chains"} <= tables
 
 
 def test_upgrading_a_0001_store_keeps_its_images_and_adds_storage(tmp_path: Path) -> None:

@@ -12,7 +12,18 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import Depends, FastAPI
 
 from corral import __version__
-from corral.api import console, events, hosts, images, instances, operations, pools, volumes
+from corral.api import (
+    backups,
+    console,
+    events,
+    hosts,
+    images,
+    instances,
+    operations,
+    pools,
+    snapshots,
+    volumes,
+)
 from corral.api.auth import require_token
 from corral.api.problems import install_problem_handlers
 
@@ -25,7 +36,8 @@ def create_app(lifespan: Lifespan | None = None) -> FastAPI:
         title="Corral",
         version=__version__,
         description=(
-            "VMs on your own servers: instances, images, pools, volumes, operations, events, hosts."
+            "VMs on your own servers: instances, snapshots, images, pools, volumes, backups, "
+            "operations, events, hosts."
         ),
         lifespan=lifespan,
     )
@@ -38,6 +50,8 @@ def create_app(lifespan: Lifespan | None = None) -> FastAPI:
         operations.router,
         pools.router,
         volumes.router,
+        snapshots.router,
+        backups.router,
     )
     for router in routers:
         app.include_router(router, dependencies=authenticated)

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from corral.cli import (
+    backups,
     console,
     events,
     hosts,
@@ -21,6 +22,7 @@ from corral.cli import (
     operations,
     pools,
     serve,
+    snapshots,
     volumes,
 )
 from corral.cli.state import CliState, OutputFormat
@@ -82,7 +84,19 @@ def _global_options(
     ctx.obj = CliState(url=url, data_dir=data_dir, output=output)
 
 
-for room in (instances, console, events, images, pools, volumes, hosts, operations, serve):
+for room in (
+    instances,
+    console,
+    events,
+    snapshots,
+    images,
+    pools,
+    volumes,
+    backups,
+    hosts,
+    operations,
+    serve,
+):
     room.register(app)
 
 

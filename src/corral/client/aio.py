@@ -27,6 +27,7 @@ from corral.client.problems import (
     transport_error,
 )
 from corral.client.settings import normalize_url, resolve_settings
+from corral.client.snapshots import SnapshotCalls
 from corral.client.sse import SSEDecoder
 from corral.errors import CorralError
 from corral.model import Event, Host, Image, Instance, Machine, OnCrash, Operation, PowerState
@@ -56,8 +57,9 @@ def _name(value: str) -> str:
     return quote(value, safe="")
 
 
-class AsyncCorralClient:
-    """Typed async client for the Corral REST API (docs/api.md).
+class AsyncCorralClient(SnapshotCalls):
+    """Typed async client for the Corral REST API (docs/api.md); snapshot and backup calls
+    come from SnapshotCalls (snapshots.py).
 
     `transport` is the seam for tests (httpx.MockTransport, httpx.ASGITransport). Errors are
     CorralError subclasses carrying the server's stable `code` and `field`.

@@ -53,6 +53,8 @@ _BY_OPERATION_CODE: dict[str, type[CorralError]] = {
     "volume_attached": Conflict,
     "volume_in_use": Conflict,
     "pool_not_empty": Conflict,
+    "snapshot_needs_qcow2": InvalidInput,
+    "backup_in_use": Conflict,
 }
 
 

@@ -21,6 +21,7 @@ from corral.client.settings import resolve_settings
 from corral.model import Event, Host, Image, Instance, Machine, OnCrash, Operation, PowerState
 from corral.model.instance import RootDisk
 from corral.model.rpc import ExecResult
+from corral.model.snapshot import BackupPoint, Snapshot
 from corral.model.storage import (
     InstanceDisk,
     Pool,
@@ -304,6 +305,60 @@ class CorralClient:
     def detach_volume(self, name: str) -> Operation:
         """Detach a volume from its instance."""
         return self.run(self.aio.detach_volume(name))
+
+    def list_snapshots(self, instance: str) -> list[Snapshot]:
+        """The instance's snapshots, oldest first."""
+        return self.run(self.aio.list_snapshots(instance))
+
+    def get_snapshot(self, instance: str, name: str) -> Snapshot:
+        """One snapshot."""
+        return self.run(self.aio.get_snapshot(instance, name))
+
+    def create_snapshot(
+        self,
+        instance: str,
+        name: str,
+        *,
+        memory: bool = False,
+        quiesce: bool = True,
+        description: str | None = None,
+    ) -> Operation:
+        """Take a snapshot; returns the `snapshot-create` operation."""
+        return self.run(
+            self.aio.create_snapshot(
+                instance, name, memory=memory, quiesce=quiesce, description=description
+            )
+        )
+
+    def revert_snapshot(self, instance: str, name: str) -> Operation:
+        """Go back to a snapshot."""
+        return self.run(self.aio.revert_snapshot(instance, name))
+
+    def delete_snapshot(self, instance: str, name: str) -> Operation:
+        """Delete a snapshot."""
+        return self.run(self.aio.delete_snapshot(instance, name))
+
+    def list_backups(self, volume: str) -> list[BackupPoint]:
+        """The volume's restore points, oldest first."""
+        return self.run(self.aio.list_backups(volume))
+
+    def get_backup(self, volume: str, backup: str) -> BackupPoint:
+        """One restore point."""
+        return self.run(self.aio.get_backup(volume, backup))
+
+    def create_backup(self, volume: str, *, full: bool = False) -> Operation:
+        """Back a volume up; returns the `backup` operation."""
+        return self.run(self.aio.create_backup(volume, full=full))
+
+    def delete_backup(self, volume: str, backup: str, *, chain: bool = False) -> Operation:
+        """Delete a restore point (or, with `chain`, it and everything on top of it)."""
+        return self.run(self.aio.delete_backup(volume, backup, chain=chain))
+
+    def restore_backup(
+        self, volume: str, backup: str, *, to: str, pool: str | None = None
+    ) -> Operation:
+        """Make a new volume from a restore point."""
+        return self.run(self.aio.restore_backup(volume, backup, to=to, pool=pool))
 
     def list_hosts(self) -> list[Host]:
         """All hosts."""

@@ -16,6 +16,7 @@ import httpx
 from pydantic import BaseModel
 
 from corral.model import Instance, InstanceSpec, InstanceStatus, Operation
+from corral.model.snapshot import BackupKind, BackupPoint, Snapshot, SnapshotState
 from corral.model.storage import (
     Pool,
     PoolSpec,
@@ -156,4 +157,51 @@ def sample_volume(
         updated_at=SAMPLE_TIME,
         spec=VolumeSpec(pool=pool, size_bytes=size_bytes),
         status=VolumeStatus(**status),
+    )
+
+
+def sample_snapshot(
+    name: str = "s1",
+    instance: str = "vm1",
+    parent: str | None = None,
+    *,
+    current: bool = False,
+    memory: bool = False,
+    state: SnapshotState = SnapshotState.READY,
+) -> Snapshot:
+    """A Snapshot as the server would send it (a ready disk-only snapshot unless told)."""
+    return Snapshot(
+        instance=instance,
+        name=name,
+        uid=f"uid-{name}",
+        parent=parent,
+        memory=memory,
+        quiesced=not memory,
+        volumes=["data"],
+        state=state,
+        current=current,
+        created_at=SAMPLE_TIME,
+        duration_ms=12.0,
+    )
+
+
+def sample_backup(
+    point: str = "b0001",
+    volume: str = "data",
+    parent: str | None = None,
+    size_bytes: int = 64 * 1024**2,
+    reason: str = "",
+) -> BackupPoint:
+    """A BackupPoint as the server would send it (full unless it has a parent)."""
+    return BackupPoint(
+        volume=volume,
+        id=point,
+        kind=BackupKind.INCREMENTAL if parent else BackupKind.FULL,
+        parent=parent,
+        path=f"/var/lib/corral/backups/{volume}/{point}.qcow2",
+        size_bytes=size_bytes,
+        virtual_size_bytes=1024**3,
+        created_at=SAMPLE_TIME,
+        duration_ms=250.0,
+        reason=reason,
     )

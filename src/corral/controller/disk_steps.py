@@ -17,7 +17,7 @@ from corral.controller.run import ReconcileRun
 from corral.errors import CorralError, NotFound, TemporaryError
 from corral.model.operation import OperationError
 from corral.model.rpc import DiskAttachment
-from corral.model.storage import InstanceDisk, VolumeState
+from corral.model.storage import InstanceDisk, Volume, VolumeState
 from corral.store import volumes as volume_store
 from corral.store.volumes import VolumeRecord
 
@@ -67,16 +67,20 @@ def _usable(record: VolumeRecord | None, volume: str, instance: str) -> VolumeRe
     return record
 
 
-def _attachment(record: VolumeRecord, disk: InstanceDisk, *, boot: bool) -> DiskAttachment:
-    volume = record.volume
+def volume_attachment(volume: Volume, *, read_only: bool, boot: bool) -> DiskAttachment:
+    """`volume` as a guest disk: its stable device id and serial, its file and format."""
     return DiskAttachment(
         id=disk_id(volume.name),
         path=volume.status.path or "",
         format=(volume.status.format or volume.spec.format).value,
-        read_only=disk.read_only,
+        read_only=read_only,
         boot=boot,
         serial=disk_serial(volume.name),
     )
+
+
+def _attachment(record: VolumeRecord, disk: InstanceDisk, *, boot: bool) -> DiskAttachment:
+    return volume_attachment(record.volume, read_only=disk.read_only, boot=boot)
 
 
 class DiskSteps:

@@ -1,12 +1,14 @@
 """The Controller: one object that owns the reconcile machinery of a server process.
 
 It starts the work queues (instances, pools, volumes: one key per object, so each object is
-reconciled by one pass at a time), resyncs periodically (so a guest killed behind Corral's
-back is noticed within one resync even if no event said so; the resync asks the planners
-which objects need a pass, so 1,000 idle instances cost one batch read), turns agent events
-into faster reconciles, keeps host and pool facts fresh, makes the default pool on first
-start, and offers the services the API uses. Stopping it stops only the control plane:
-guests keep running.
+reconciled by one pass at a time; an instance's snapshot work and a volume's backups run in
+the same turn of its queue, right after its reconcile), resyncs periodically (so a guest killed
+behind Corral's back is noticed within one resync even if no event said so; the resync asks the
+planners which objects need a pass, so 1,000 idle instances cost one batch read), turns agent
+events into faster reconciles, keeps host and pool facts fresh, makes the default pool on
+first start, settles the snapshot and backup work a previous process left half-done, and
+offers the services the API uses. Stopping it stops only the control plane: guests keep
+running.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import logging
 import time
 
 from corral.bus.local import EventBus, HostAgent
+from corral.controller.backup_runner import BackupRunner
+from corral.controller.backup_service import BackupService
 from corral.controller.disk_steps import StorageHooks
 from corral.controller.hosts import HostMonitor
 from corral.controller.image_service import ImageService
@@ -26,12 +30,16 @@ from corral.controller.pool_reconciler import PoolReconciler
 from corral.controller.pool_service import PoolService
 from corral.controller.reconciler import TARGET_KIND, InstanceReconciler
 from corral.controller.recorder import Recorder
+from corral.controller.recovery import Recovery, RecoveryReport
 from corral.controller.settings import ControllerSettings
+from corral.controller.snapshot_runner import SnapshotRunner
+from corral.controller.snapshot_service import SnapshotService
 from corral.controller.storage_plan import pool_needs_reconcile, volume_needs_reconcile
 from corral.controller.volume_reconciler import VolumeReconciler
 from corral.controller.volume_service import VolumeService
 from corral.controller.workqueue import WorkQueue
 from corral.model.rpc import AgentEvent, GuestObservation, GuestRunState
+from corral.store import backups as backup_store
 from corral.store import instances as instance_store
 from corral.store import operations as operation_store
 from corral.store import pools as pool_store
@@ -54,9 +62,10 @@ class Controller:
         self.recorder = Recorder(db, bus)
         hooks = StorageHooks(enqueue_pool=self.enqueue_pool)
         self.reconciler = InstanceReconciler(self.recorder, agent, settings, hooks)
-        self.queue = WorkQueue(
-            self.reconciler.reconcile, name="instances", workers=settings.workers
+        self.snapshot_runner = SnapshotRunner(
+            self.recorder, agent, settings, self.reconciler.reconcile
         )
+        self.queue = WorkQueue(self._instance_pass, name="instances", workers=settings.workers)
         self.pool_reconciler = PoolReconciler(self.recorder, agent)
         self.pool_queue = WorkQueue(self.pool_reconciler.reconcile, name="pools", workers=4)
         self.volume_reconciler = VolumeReconciler(
@@ -65,9 +74,8 @@ class Controller:
             enqueue_pool=self.enqueue_pool,
             enqueue_instance=self.enqueue,
         )
-        self.volume_queue = WorkQueue(
-            self.volume_reconciler.reconcile, name="volumes", workers=settings.workers
-        )
+        self.backup_runner = BackupRunner(self.recorder, agent, settings.backups_dir)
+        self.volume_queue = WorkQueue(self._volume_pass, name="volumes", workers=settings.workers)
         self.hosts = HostMonitor(self.recorder, agent, settings.host_name)
         self.instances = InstanceService(
             self.recorder,
@@ -80,6 +88,10 @@ class Controller:
         self.images = ImageService(self.recorder, agent)
         self.pools = PoolService(self.recorder, self.enqueue_pool)
         self.volumes = VolumeService(self.recorder, self.instances, self.enqueue_volume)
+        self.snapshots = SnapshotService(self.recorder, self.enqueue)
+        self.backups = BackupService(self.recorder, settings.backups_dir, self.enqueue_volume)
+        self.recovery = Recovery(self.recorder, agent)
+        self.last_recovery = RecoveryReport()
         self._resync_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -94,11 +106,17 @@ class Controller:
         await self.hosts.refresh()
         self.images.recover()
         self.pools.ensure_default()
+        # Before any queue runs: settle the snapshots and backups a previous process left.
+        self.last_recovery = await self.recovery.run()
         self.agent.subscribe(self._on_agent_event)
         self.pool_queue.start()
         self.volume_queue.start()
         self.queue.start()
         self.enqueue_storage(refresh=True)
+        with self.db.transaction() as session:
+            # Restore points being deleted may belong to volumes that no longer exist.
+            for volume in backup_store.volumes_with_deleting_points(session):
+                self.volume_queue.add(volume)
         self.enqueue_all()
         await self._report_unknown_guests()
         self._resync_task = self._loop.create_task(self._resync_forever(), name="resync")
@@ -115,6 +133,16 @@ class Controller:
         await self.volume_queue.stop()
         await self.pool_queue.stop()
         await self.images.stop()
+
+    async def _instance_pass(self, name: str) -> None:
+        """One turn of an instance's queue: its lifecycle, then its snapshot work."""
+        await self.reconciler.reconcile(name)
+        await self.snapshot_runner.run(name)
+
+    async def _volume_pass(self, name: str) -> None:
+        """One turn of a volume's queue: the volume itself, then its backup work."""
+        await self.volume_reconciler.reconcile(name)
+        await self.backup_runner.run(name)
 
     def enqueue(self, name: str, interrupt: bool = False) -> None:
         """Reconcile `name` soon; `interrupt` cuts short a wait of its current pass."""

@@ -112,6 +112,11 @@ class DetachDisk:
 
 
 @dataclass(frozen=True)
+class DropSnapshots:
+    """A deleted instance's snapshots go: their tags leave the volumes that outlive it."""
+
+
+@dataclass(frozen=True)
 class ReleaseDisks:
     """A deleted instance lets go of its volumes: its own are deleted, others detached."""
 
@@ -134,6 +139,7 @@ Step = (
     | RestartBackoff
     | AttachDisk
     | DetachDisk
+    | DropSnapshots
     | ReleaseDisks
     | DeleteRecord
 )
@@ -203,7 +209,7 @@ def plan_instance(
     if deleting:
         steps: list[Step] = [] if status.state == InstanceState.DELETING else [MarkDeleting()]
         steps += halt if alive else end_powered_off
-        return [*steps, Forget(), ReleaseDisks(), DeleteRecord()]
+        return [*steps, Forget(), DropSnapshots(), ReleaseDisks(), DeleteRecord()]
 
     if spec.power == PowerState.STOPPED:
         # The runtime files stay: the console log of a stopped guest is still worth reading.

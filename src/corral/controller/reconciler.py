@@ -19,6 +19,7 @@ from corral.controller.plan import StopPolicy, plan_instance
 from corral.controller.recorder import Recorder
 from corral.controller.run import Interrupted, ReconcileRun, StepFailed
 from corral.controller.settings import ControllerSettings
+from corral.controller.snapshot_plan import SNAPSHOT_KINDS
 from corral.controller.steps import StepExecutor
 from corral.errors import CorralError, TemporaryError
 from corral.model.instance import InstanceState
@@ -40,6 +41,12 @@ _FAILURE_CODES = {
     "ImageNotReady": "image_not_ready",
     "VolumeMissing": "unknown_volume",
 }
+
+
+def lifecycle_operations(operations: list[OperationRecord]) -> list[OperationRecord]:
+    """The operations this reconciler follows: not snapshot work, which has its own runner
+    in the same queue (controller/snapshot_runner.py)."""
+    return [record for record in operations if record.operation.kind not in SNAPSHOT_KINDS]
 
 
 def stop_policy(operations: list[OperationRecord], default_timeout_s: float) -> StopPolicy:
@@ -100,7 +107,9 @@ class InstanceReconciler:
         """One pass over instance `name` (the work queue's handler)."""
         with self._db.transaction() as session:
             record = instance_store.find_instance(session, name)
-            operations = operation_store.running_operations(session, TARGET_KIND, name)
+            operations = lifecycle_operations(
+                operation_store.running_operations(session, TARGET_KIND, name)
+            )
         if record is None:
             return
         instance = record.instance
@@ -157,7 +166,9 @@ class InstanceReconciler:
             self._recorder.write_status(run.name, run.status, run.instance.status, run.generation)
         self._disks.record_attachments(run)
         with self._db.transaction() as session:
-            waiting = operation_store.running_operations(session, TARGET_KIND, run.name)
+            waiting = lifecycle_operations(
+                operation_store.running_operations(session, TARGET_KIND, run.name)
+            )
         error = self._operation_error(run)
         state = run.status.state.value
         for record in waiting:

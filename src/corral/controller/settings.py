@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from corral.controller.plan import DEFAULT_SHUTDOWN_TIMEOUT_S
 
@@ -18,3 +19,5 @@ class ControllerSettings:
     workers: int = 32
     host_refresh_s: float = 60.0
     storage_refresh_s: float = 30.0  # re-read facts of steady pools and volumes this often
+    # Where restore points go (`<backups_dir>/<volume>/<id>.qcow2`); None: no backups.
+    backups_dir: Path | None = None

@@ -21,6 +21,7 @@ from corral.controller.plan import (
     AttachDisk,
     DeleteRecord,
     DetachDisk,
+    DropSnapshots,
     Forget,
     Kill,
     Launch,
@@ -37,6 +38,7 @@ from corral.controller.plan import (
 from corral.controller.recorder import Recorder, status_event_data
 from corral.controller.run import ReconcileRun, StepFailed, set_condition
 from corral.controller.settings import ControllerSettings
+from corral.controller.snapshot_disks import drop_instance_snapshots
 from corral.errors import (
     Conflict,
     CorralError,
@@ -114,6 +116,9 @@ class StepExecutor:
             case DetachDisk(disk_id=device):
                 self._progress(run, 0.5, f"detaching disk {device}")
                 await self._hotplug(run, self._disks.detach(run, device))
+            case DropSnapshots():
+                self._progress(run, 0.6, "removing the snapshots")
+                await drop_instance_snapshots(self._recorder, self._agent, run.instance)
             case ReleaseDisks():
                 self._progress(run, 0.7, "releasing the volumes")
                 await self._disks.release(run)
@@ -376,4 +381,10 @@ class StepExecutor:
                         message=f"instance {run.name!r} was deleted before this {op.kind} finished",
                     ),
                 )
+        # Snapshot work queued for it (followed by the snapshot runner, not by this pass).
+        gone = OperationError(
+            code="invalid_state",
+            message=f"instance {run.name!r} was deleted before this operation finished",
+        )
+        self._recorder.finish_all("instance", run.name, gone, "")
         log.info("instance %s deleted", run.name)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from corral.bus.agent_link import AgentAPI
+from corral.controller.backup_plan import BACKUP_DELETE, BACKUP_KINDS
 from corral.controller.disks import disk_id
 from corral.controller.recorder import Recorder
 from corral.controller.storage_plan import VolumeAction, plan_volume, wanted_size
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 TARGET_KIND = "volume"
 _WAIT_S = 0.5
+# Operations on a volume that a reconcile pass does not conclude: its deletion (concluded
+# when the row goes) and backup work (the backup runner's, in the same queue).
+_NOT_CONCLUDED = ("volume-delete", *BACKUP_KINDS)
 
 
 class VolumeFailed(CorralError):
@@ -133,7 +137,7 @@ class VolumeReconciler:
         for record in operations:
             op = record.operation
             wanted = int(record.params.get("generation", 0))
-            if op.kind == "volume-delete" or wanted > volume.generation:
+            if op.kind in _NOT_CONCLUDED or wanted > volume.generation:
                 continue
             message = f"volume {volume.name} is {volume.status.state.value}"
             if volume.status.state == VolumeState.READY:
@@ -144,12 +148,16 @@ class VolumeReconciler:
         self._recorder.progress([r.operation.id for r in operations], progress, message)
 
     # -- create ------------------------------------------------------------------------------
-    def _request(self, volume: Volume) -> VolumeRequest:
+    def _request(self, volume: Volume, restore_source: str | None) -> VolumeRequest:
         spec = volume.spec
         source = spec.source
         request = VolumeRequest(
             pool=spec.pool, name=volume.name, size_bytes=spec.size_bytes, format=spec.format.value
         )
+        if restore_source is not None:
+            # A restore: a full copy of a backup point's file (and the chain under it).
+            request.source_path = restore_source
+            request.full_copy = True
         with self._db.transaction() as session:
             pool = pool_store.find_pool(session, spec.pool)
             image = image_store.find_image(session, source.image) if source.image else None
@@ -159,6 +167,8 @@ class VolumeReconciler:
             raise VolumeFailed(f"pool {spec.pool!r} is {state}", code="unknown_pool")
         if pool.status.state != PoolState.READY:
             raise TemporaryError(f"waiting for pool {spec.pool!r} to be ready", delay=_WAIT_S)
+        if restore_source is not None:
+            return request
         if source.kind == VolumeSourceKind.IMAGE:
             if image is None or image.state != ImageState.READY or not image.disk:
                 raise VolumeFailed(
@@ -199,7 +209,7 @@ class VolumeReconciler:
         else:
             log.info("volume %s already exists on the host; adopting it", volume.name)
             return _apply_facts(volume, facts)
-        request = self._request(volume)
+        request = self._request(volume, record.restore_source)
         self._progress(operations, 0.2, f"creating volume {volume.name} in {request.pool}")
         try:
             facts = await self._agent.create_volume(request)
@@ -288,6 +298,8 @@ class VolumeReconciler:
         self._recorder.publish("volume.deleted", "volume", name, {"uid": volume.uid})
         for op_record in operations:
             op = op_record.operation
+            if op.kind == BACKUP_DELETE:
+                continue  # restore points outlive their volume; the backup runner goes on
             if op.kind == "volume-delete":
                 self._recorder.finish(op.id, message=f"volume {name} is deleted")
             else:

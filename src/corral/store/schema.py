@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from corral.store.types import UTCDateTime
@@ -151,7 +151,79 @@ class VolumeRow(Base):
     attached_to: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
     owner: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
     failure: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A volume restored from a backup (migration 0003): the restore point's file, copied in
+    # full when the volume is made.
+    restore_source: Mapped[str | None] = mapped_column(Text, nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SnapshotRow(Base):
+    """One snapshot of an instance (migration 0003). `tag` is the name of the qcow2 internal
+    snapshot on each of `volumes`; `parent` and `current` make the instance's snapshot tree."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (UniqueConstraint("instance", "name", name="uq_snapshots_instance_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance: Mapped[str] = mapped_column(String(63), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    tag: Mapped[str] = mapped_column(String(128))
+    parent: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    memory: Mapped[bool] = mapped_column(Boolean, default=False)
+    quiesce: Mapped[bool] = mapped_column(Boolean, default=True)  # asked for
+    quiesced: Mapped[bool] = mapped_column(Boolean, default=False)  # happened
+    description: Mapped[str] = mapped_column(Text, default="")
+    volumes: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    current: Mapped[bool] = mapped_column(Boolean, default=False)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    vmstate_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BackupRow(Base):
+    """One restore point of a volume (migration 0003). Rows outlive their volume: a backup is
+    how a deleted volume comes back. `seq` orders the points of a volume; `point_id` is the
+    name users see (b0001, ...)."""
+
+    __tablename__ = "backups"
+    __table_args__ = (UniqueConstraint("volume", "point_id", name="uq_backups_volume_point"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    volume: Mapped[str] = mapped_column(String(63), index=True)
+    volume_uid: Mapped[str] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)
+    point_id: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    parent: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    disk_path: Mapped[str] = mapped_column(Text)  # the volume's file when it was backed up
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, ready, deleting
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    virtual_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    instance: Mapped[str | None] = mapped_column(String(63), nullable=True)  # guest at backup
+    operation: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BackupChainRow(Base):
+    """Per volume name: the last point number handed out, which volume (uid) the chain's
+    dirty bitmap belongs to, and why the next backup must be full (None: it may be
+    incremental) -- e.g. the newest point was deleted, or a backup was cut short."""
+
+    __tablename__ = "backup_chains"
+
+    volume: Mapped[str] = mapped_column(String(63), primary_key=True)
+    volume_uid: Mapped[str] = mapped_column(String(36))
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    full_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -39,6 +39,7 @@ class VolumeRecord:
     instance: str | None = None  # the instance whose spec lists it (desired attachment)
     deleting: bool = False
     failure: OperationError | None = None  # why its creation failed, when it did
+    restore_source: str | None = None  # a backup point's file it is (to be) made from
 
     @property
     def name(self) -> str:
@@ -69,7 +70,7 @@ def _to_model(row: VolumeRow) -> Volume:
 
 def _to_record(row: VolumeRow) -> VolumeRecord:
     failure = OperationError.model_validate(row.failure) if row.failure else None
-    return VolumeRecord(_to_model(row), row.instance, row.deleting, failure)
+    return VolumeRecord(_to_model(row), row.instance, row.deleting, failure, row.restore_source)
 
 
 def _find_row(session: Session, name: str) -> VolumeRow | None:
@@ -90,11 +91,13 @@ def create_volume(
     *,
     owner: str | None = None,
     instance: str | None = None,
+    restore_source: str | None = None,
 ) -> Volume:
     """Insert a new volume (state pending); Conflict(already_exists) if the name is taken.
 
     `owner` makes it an instance's own volume (deleted with it); `instance` claims it for
-    that instance's spec at once (a root volume).
+    that instance's spec at once (a root volume); `restore_source` makes it a full copy of
+    that backup point's file.
     """
     if _find_row(session, name) is not None:
         raise Conflict(
@@ -119,6 +122,7 @@ def create_volume(
         attached_to=None,
         owner=owner,
         failure=None,
+        restore_source=restore_source,
         spec=spec.model_dump(mode="json"),
         status=VolumeStatus(owner=owner).model_dump(mode="json"),
         created_at=now,
@@ -340,3 +344,17 @@ def disown(session: Session, name: str) -> None:
     if row is not None and row.owner is not None:
         row.owner = None
         row.updated_at = utcnow()
+
+
+def pending_restores_from(session: Session, path: str) -> list[str]:
+    """Names of the volumes still to be made from the backup file `path`."""
+    query = (
+        select(VolumeRow)
+        .where(VolumeRow.restore_source == path, VolumeRow.deleting.is_(False))
+        .order_by(VolumeRow.name)
+    )
+    return [
+        row.name
+        for row in session.scalars(query)
+        if VolumeStatus.model_validate(row.status).state == VolumeState.PENDING
+    ]
