@@ -25,6 +25,8 @@ def qemu_holding(path: Path, fmt: str) -> Iterator[None]:
             "qemu-system-x86_64",
             "-machine",
             "none",
+            "-accel",
+            "tcg",  # never KVM here: this host's /dev/kvm is kvm_pvm
             "-nodefaults",
             "-display",
             "none",
@@ -36,7 +38,8 @@ def qemu_holding(path: Path, fmt: str) -> Iterator[None]:
             f"driver={fmt},node-name=d0,file.driver=file,file.filename={path}",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 10
@@ -46,7 +49,8 @@ def qemu_holding(path: Path, fmt: str) -> Iterator[None]:
             )
             if probe.returncode != 0:
                 break
-            assert proc.poll() is None, "qemu exited before it opened the disk"
+            if proc.poll() is not None:
+                pytest.fail(f"qemu exited before it opened the disk: {proc.stderr.read()}")  # type: ignore[union-attr]
             time.sleep(0.05)
         yield
     finally:
