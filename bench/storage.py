@@ -87,12 +87,21 @@ def exec_in(server: BenchServer, vm: str, script: str) -> str:
 
 
 def device_of(server: BenchServer, vm: str, volume_name: str) -> str:
-    """/dev/vdX of the disk whose serial is the volume's name (the tiny guest has no udev)."""
+    """/dev/vdX of the disk whose serial is the volume's name (the tiny guest has no udev).
+
+    The attach operation ends when QEMU has the device; the guest sees it a moment later.
+    """
     script = (
-        f'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = {volume_name} ] && '
-        "echo /dev/${d##*/}; done"
+        "for d in /sys/block/vd*; do [ -e $d/serial ] && "
+        f'[ "$(cat $d/serial)" = {volume_name} ] && echo /dev/${{d##*/}}; done; true'
     )
-    return exec_in(server, vm, script).strip()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        found = exec_in(server, vm, script).strip()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise RuntimeError(f"the guest never saw volume {volume_name}")
 
 
 def snapshot_ms(server: BenchServer, vm: str, size: int, label: str, runs: int = 3) -> float:
