@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,19 @@ def tiny_image(tmp_path_factory: pytest.TempPathFactory, image_cache_dir: Path) 
     Only the first run on a machine downloads packages; later ones build from the cache.
     """
     return build_image("tiny", tmp_path_factory.mktemp("images") / "tiny", image_cache_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_runtime_dirs_left_behind() -> Iterator[None]:
+    """Remove the runtime dirs that this session's throwaway data dirs made under /run/corral.
+
+    Data dirs under pytest's long tmp paths get their sockets in /run/corral/<hash> (unix
+    socket paths are short); many tests build servers or agents there and not every one of
+    them tears its runtime dir down. Guests are all gone by now (each test kills its own).
+    """
+    base = Path("/run/corral")
+    before = set(base.iterdir()) if base.is_dir() else set()
+    yield
+    if base.is_dir():
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
