@@ -128,7 +128,7 @@ async def test_volumes_create_show_grow_delete(ready_api: Api) -> None:
         "pool": "default",
         "size_bytes": 64 * MIB,
         "format": "qcow2",
-        "source": {"kind": "blank", "image": None, "volume": None},
+        "source": {"kind": "blank", "image": None, "volume": None, "snapshot": None},
     }
     assert volume["status"]["state"] == "ready"
     assert volume["status"]["virtual_size_bytes"] == 64 * MIB
@@ -258,7 +258,8 @@ async def test_a_disk_image_instance_gets_a_root_volume(ready_api: Api) -> None:
     root = (await api.get("/v1/volumes/vm1-root")).json()
     assert root["status"]["owner"] == "vm1" and root["status"]["attached_to"] == "vm1"
     assert root["status"]["virtual_size_bytes"] == 256 * MIB
-    assert root["spec"]["source"] == {"kind": "image", "image": "deb", "volume": None}
+    source = {"kind": "image", "image": "deb", "volume": None, "snapshot": None}
+    assert root["spec"]["source"] == source
     _problem(await api.delete("/v1/images/deb"), 409, "image_in_use")
     await _ok(ready_api, await api.delete("/v1/instances/vm1"))
     _problem(await api.get("/v1/volumes/vm1-root"), 404, "not_found")

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 PROBLEM_TYPE = "https://corral.dev/errors/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Fields whose validator is the object-name rule: a failure there is `invalid_name`.
-_NAME_FIELDS = {"name", "image", "recipe", "pool", "volume", "instance"}
+_NAME_FIELDS = {"name", "image", "recipe", "pool", "volume", "instance", "snapshot"}
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 _BODY_SHAPE_ERRORS = {"missing", "model_attributes_type", "dict_type", "model_type"}
 

@@ -22,7 +22,7 @@ from corral.cli.state import (
 from corral.client import CorralClient
 from corral.errors import Conflict, InvalidInput
 from corral.model import Machine, OnCrash, Operation, PowerState, parse_size
-from corral.model.instance import RootDisk
+from corral.model.instance import FromSnapshot, RootDisk
 
 _MIB = 1024 * 1024
 
@@ -43,7 +43,14 @@ def memory_mib(text: str) -> int:
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Instance name (lowercase letters, digits, '-').")],
-    image: Annotated[str, typer.Option("--image", help="Image to boot, e.g. tiny.")],
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            help="Image to boot, e.g. tiny (with --from-snapshot: the source's by default).",
+            show_default=False,
+        ),
+    ] = None,
     cpus: Annotated[int | None, typer.Option("--cpus", help="Virtual CPUs (default: 1).")] = None,
     memory: Annotated[
         str | None,
@@ -93,6 +100,23 @@ def create(
             help="cloud-init user-data file (at most 64 KiB; - reads stdin).",
         ),
     ] = None,
+    from_snapshot: Annotated[
+        str | None,
+        typer.Option(
+            "--from-snapshot",
+            metavar="INSTANCE/SNAPSHOT",
+            help="Clone an instance from its snapshot: disks copied from the snapshot (or linked "
+            "with --linked); image, cpus, memory and machine as the source's unless given.",
+        ),
+    ] = None,
+    linked: Annotated[
+        bool,
+        typer.Option(
+            "--linked",
+            help="With --from-snapshot: thin clones of a shared base per snapshot disk "
+            "(fast, small) instead of full copies.",
+        ),
+    ] = False,
     no_wait: NoWait = False,
     timeout: Timeout = 300.0,
 ) -> None:
@@ -101,12 +125,24 @@ def create(
         mib = memory_mib(memory) if memory is not None else None
     except InvalidInput as err:
         raise typer.BadParameter(err.message, param_hint="'--memory'") from None
+    source = _from_snapshot(from_snapshot, linked)
+    if source is None and image is None:
+        raise typer.BadParameter(
+            "give the image to boot (e.g. --image tiny)", param_hint="'--image'"
+        )
     root_disk = _root_disk(disk, pool)
     disks = inputs.disks(attach) if attach else None
     keys = inputs.ssh_keys(ssh_key) if ssh_key else None
     seed_user_data = inputs.user_data(user_data) if user_data is not None else None
     started = time.monotonic()
     with open_client(ctx) as client:
+        if source is not None:
+            origin = client.get_instance(source.instance).spec
+            image = image or origin.image
+            cpus = cpus if cpus is not None else origin.cpus
+            mib = mib if mib is not None else origin.memory_mib
+            machine = machine or origin.machine
+        assert image is not None
         op = client.create_instance(
             name,
             image=image,
@@ -119,6 +155,7 @@ def create(
             root_disk=root_disk,
             ssh_keys=keys,
             user_data=seed_user_data,
+            from_snapshot=source,
         )
         finish_operation(ctx, client, op, no_wait=no_wait, timeout=timeout, done="")
         if no_wait or output_format(ctx, None) is OutputFormat.JSON:
@@ -133,6 +170,24 @@ def create(
         )
     else:
         typer.echo(f"Created {name}: {status.state} ({here:.2f} s).")
+
+
+def _from_snapshot(text: str | None, linked: bool) -> FromSnapshot | None:
+    """`--from-snapshot INSTANCE/SNAPSHOT` (and `--linked`) as the request's `from_snapshot`."""
+    if text is None:
+        if linked:
+            raise typer.BadParameter(
+                "--linked goes with --from-snapshot INSTANCE/SNAPSHOT", param_hint="'--linked'"
+            )
+        return None
+    instance, slash, snapshot = text.partition("/")
+    if not slash or not instance or not snapshot:
+        raise typer.BadParameter(
+            f"{text!r} is not INSTANCE/SNAPSHOT (e.g. web/before-upgrade)",
+            param_hint="'--from-snapshot'",
+        )
+    # Unvalidated on purpose: the server checks the names and answers with the field.
+    return FromSnapshot.model_construct(instance=instance, snapshot=snapshot, linked=linked)
 
 
 def _root_disk(disk: str | None, pool: str | None) -> RootDisk | None:

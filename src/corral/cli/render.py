@@ -275,6 +275,8 @@ def volume_source_text(volume: Volume) -> str:
         return f"thin clone of volume {source.volume}"
     if source.kind == "copy":
         return f"full copy of volume {source.volume}"
+    if source.kind == "snapshot":
+        return f"full copy of volume {source.volume} at snapshot {source.snapshot}"
     return "blank"
 
 

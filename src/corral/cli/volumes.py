@@ -25,22 +25,26 @@ volume_app = typer.Typer(help="Volumes: virtual disks in pools.", no_args_is_hel
 
 
 def volume_source(
-    from_image: str | None, from_volume: str | None, copy_of: str | None
+    from_image: str | None,
+    from_volume: str | None,
+    copy_of: str | None,
+    from_snapshot: str | None = None,
 ) -> VolumeSource | None:
-    """The `spec.source` the three source options stand for (at most one may be given)."""
+    """The `spec.source` the source options stand for (at most one may be given)."""
     given = [
         (kind, name)
         for kind, name in (
             (VolumeSourceKind.IMAGE, from_image),
             (VolumeSourceKind.VOLUME, from_volume),
             (VolumeSourceKind.COPY, copy_of),
+            (VolumeSourceKind.SNAPSHOT, from_snapshot),
         )
         if name is not None
     ]
     if len(given) > 1:
         raise typer.BadParameter(
-            "give at most one of --from-image, --from-volume and --copy-of",
-            param_hint="'--from-image' / '--from-volume' / '--copy-of'",
+            "give at most one of --from-image, --from-volume, --copy-of and --from-snapshot",
+            param_hint="'--from-image' / '--from-volume' / '--copy-of' / '--from-snapshot'",
         )
     if not given:
         return None
@@ -48,6 +52,14 @@ def volume_source(
     # Unvalidated on purpose: the server checks the name and answers with the field.
     if kind is VolumeSourceKind.IMAGE:
         return VolumeSource.model_construct(kind=kind, image=name)
+    if kind is VolumeSourceKind.SNAPSHOT:
+        volume, at, snapshot = name.partition("@")
+        if not at or not volume or not snapshot:
+            raise typer.BadParameter(
+                f"{name!r} is not VOLUME@SNAPSHOT (e.g. web-root@before-upgrade)",
+                param_hint="'--from-snapshot'",
+            )
+        return VolumeSource.model_construct(kind=kind, volume=volume, snapshot=snapshot)
     return VolumeSource.model_construct(kind=kind, volume=name)
 
 
@@ -86,11 +98,20 @@ def create(
         str | None,
         typer.Option("--copy-of", metavar="VOLUME", help="Full, independent copy of a volume."),
     ] = None,
+    from_snapshot: Annotated[
+        str | None,
+        typer.Option(
+            "--from-snapshot",
+            metavar="VOLUME@SNAPSHOT",
+            help="Full, independent copy of a volume as it was at a snapshot of its instance.",
+        ),
+    ] = None,
     no_wait: NoWait = False,
     timeout: Timeout = 600.0,
 ) -> None:
-    """Create a volume: blank, a thin clone of an image or volume, or a full copy."""
-    source = volume_source(from_image, from_volume, copy_of)
+    """Create a volume: blank, a thin clone of an image or volume, or a full copy (of a volume
+    now, or as it was at a snapshot)."""
+    source = volume_source(from_image, from_volume, copy_of, from_snapshot)
     if source is None and size is None:
         raise typer.BadParameter(
             "a blank volume needs a size (e.g. --size 1G), or give --from-image, "
@@ -102,7 +123,10 @@ def create(
         op = client.create_volume(
             name, size_bytes=size_bytes, pool=pool, format=volume_format, source=source
         )
-        bar = source is not None and source.kind is VolumeSourceKind.COPY
+        bar = source is not None and source.kind in (
+            VolumeSourceKind.COPY,
+            VolumeSourceKind.SNAPSHOT,
+        )
         finish_operation(ctx, client, op, no_wait=no_wait, timeout=timeout, done="", bar=bar)
         if no_wait or output_format(ctx, None) is OutputFormat.JSON:
             return

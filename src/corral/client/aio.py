@@ -31,7 +31,7 @@ from corral.client.snapshots import SnapshotCalls
 from corral.client.sse import SSEDecoder
 from corral.errors import CorralError
 from corral.model import Event, Host, Image, Instance, Machine, OnCrash, Operation, PowerState
-from corral.model.instance import RootDisk
+from corral.model.instance import FromSnapshot, RootDisk
 from corral.model.rpc import ExecResult
 from corral.model.storage import (
     InstanceDisk,
@@ -224,13 +224,15 @@ class AsyncCorralClient(SnapshotCalls):
         root_disk: RootDisk | None = None,
         ssh_keys: Sequence[str] | None = None,
         user_data: str | None = None,
+        from_snapshot: FromSnapshot | None = None,
     ) -> Operation:
         """Create an instance (it exists at once); returns the `create` operation.
 
         `disks` are volumes to attach in device order (a name is a plain read-write data disk);
         `root_disk` sizes/places the root volume of a disk image; `ssh_keys`/`user_data` reach
-        cloud-init images. Unset fields are left out so the server's defaults apply and the
-        server alone validates.
+        cloud-init images; `from_snapshot` makes its disks from a snapshot of another instance
+        (full copies, or linked clones of a shared base), in place of `disks` and a root volume.
+        Unset fields are left out so the server's defaults apply and the server alone validates.
         """
         spec = _drop_none(
             image=image,
@@ -246,6 +248,8 @@ class AsyncCorralClient(SnapshotCalls):
         body: dict[str, Any] = {"name": name, "spec": spec}
         if root_disk is not None:
             body["root_disk"] = root_disk.model_dump(mode="json", exclude_unset=True)
+        if from_snapshot is not None:
+            body["from_snapshot"] = from_snapshot.model_dump(mode="json")
         return await self._operation("POST", "/v1/instances", body)
 
     async def update_instance(

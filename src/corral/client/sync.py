@@ -19,7 +19,7 @@ from corral import paths
 from corral.client.aio import DEFAULT_TIMEOUT_S, AsyncCorralClient, OperationCallback
 from corral.client.settings import resolve_settings
 from corral.model import Event, Host, Image, Instance, Machine, OnCrash, Operation, PowerState
-from corral.model.instance import RootDisk
+from corral.model.instance import FromSnapshot, RootDisk
 from corral.model.rpc import ExecResult
 from corral.model.snapshot import BackupPoint, Snapshot
 from corral.model.storage import (
@@ -144,6 +144,7 @@ class CorralClient:
         root_disk: RootDisk | None = None,
         ssh_keys: Sequence[str] | None = None,
         user_data: str | None = None,
+        from_snapshot: FromSnapshot | None = None,
     ) -> Operation:
         """Create an instance; returns the `create` operation."""
         return self.run(
@@ -159,6 +160,7 @@ class CorralClient:
                 root_disk=root_disk,
                 ssh_keys=ssh_keys,
                 user_data=user_data,
+                from_snapshot=from_snapshot,
             )
         )
 

@@ -16,6 +16,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from corral.bus.agent_link import AgentAPI
 from corral.controller.capacity import check_capacity
 from corral.controller.hosts import HostMonitor
@@ -23,6 +25,7 @@ from corral.controller.recorder import Recorder
 from corral.controller.storage_checks import (
     DISK_IMAGE_KIND,
     ROOT_DISK_FIELDS,
+    VolumeFields,
     check_instance_disks,
     check_new_volume,
     refuse_shrink,
@@ -30,6 +33,7 @@ from corral.controller.storage_checks import (
 from corral.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from corral.model.image import Image, ImageState
 from corral.model.instance import (
+    FromSnapshot,
     Instance,
     InstanceCreate,
     InstanceSpec,
@@ -38,9 +42,10 @@ from corral.model.instance import (
     PowerState,
     RootDisk,
 )
-from corral.model.names import MAX_NAME_LENGTH
+from corral.model.names import MAX_NAME_LENGTH, name_problem
 from corral.model.operation import Operation
 from corral.model.rpc import ExecRequest, ExecResult
+from corral.model.snapshot import SnapshotState
 from corral.model.storage import (
     InstanceDisk,
     VolumeFormat,
@@ -51,12 +56,22 @@ from corral.model.storage import (
 from corral.store import images as image_store
 from corral.store import instances as instance_store
 from corral.store import operations as operation_store
+from corral.store import snapshots as snapshot_store
 from corral.store import volumes as volume_store
 from corral.store.instances import InstanceRecord
 
 Enqueue = Callable[[str, bool], None]
 TARGET_KIND = "instance"
 ROOT_SUFFIX = "-root"
+SNAPSHOT_FIELDS = VolumeFields(
+    name="name",
+    pool="from_snapshot",
+    size="from_snapshot",
+    image="from_snapshot",
+    volume="from_snapshot.snapshot",
+    snapshot="from_snapshot.snapshot",
+)
+NewVolume = tuple[str, VolumeSpec, str | None]  # name, spec, owner
 
 
 def root_volume_name(instance: str) -> str:
@@ -229,22 +244,34 @@ class InstanceService:
         self._check_capacity(body.spec, body.name)
         spec = body.spec
         root: tuple[str, VolumeSpec] | None = None
-        if image.kind == DISK_IMAGE_KIND:
+        if image.kind == DISK_IMAGE_KIND and body.from_snapshot is None:
             root = self._root_volume(body.name, image, body.root_disk or RootDisk())
             extra = [d for d in spec.disks if d.volume != root[0]]
             spec = spec.model_copy(
                 update={"disks": [InstanceDisk(volume=root[0], boot=True), *extra]}
             )
+        made: list[tuple[str, str, VolumeSpec, str | None]] = []  # name, uid, spec, owner
         with self._db.transaction() as session:
-            if root is not None:
-                check_new_volume(session, root[0], root[1], ROOT_DISK_FIELDS)
-            check_instance_disks(session, body.name, spec.disks[1 if root else 0 :])
-            instance = instance_store.create_instance(session, body.name, spec)
-            root_uid = ""
-            if root is not None:
-                root_uid = volume_store.create_volume(
-                    session, root[0], root[1], owner=body.name, instance=body.name
-                ).uid
+            if body.from_snapshot is not None:
+                disks, new_volumes = self._snapshot_volumes(session, body.name, body.from_snapshot)
+                spec = spec.model_copy(update={"disks": disks})
+                instance = instance_store.create_instance(session, body.name, spec)
+                for volume_name, volume_spec, owner in new_volumes:
+                    check_new_volume(session, volume_name, volume_spec, SNAPSHOT_FIELDS)
+                    uid = volume_store.create_volume(
+                        session, volume_name, volume_spec, owner=owner, instance=owner
+                    ).uid
+                    made.append((volume_name, uid, volume_spec, owner))
+            else:
+                if root is not None:
+                    check_new_volume(session, root[0], root[1], ROOT_DISK_FIELDS)
+                check_instance_disks(session, body.name, spec.disks[1 if root else 0 :])
+                instance = instance_store.create_instance(session, body.name, spec)
+                if root is not None:
+                    uid = volume_store.create_volume(
+                        session, root[0], root[1], owner=body.name, instance=body.name
+                    ).uid
+                    made.append((root[0], uid, root[1], body.name))
             volume_store.claim_volumes(session, body.name, [d.volume for d in spec.disks])
             op = operation_store.create_operation(
                 session,
@@ -260,13 +287,76 @@ class InstanceService:
             body.name,
             {"uid": instance.uid, "generation": 1, "spec": spec.model_dump(mode="json")},
         )
-        if root is not None:
-            data = {"uid": root_uid, "spec": root[1].model_dump(mode="json"), "owner": body.name}
-            self._recorder.publish("volume.created", "volume", root[0], data)
-            self._enqueue_volume(root[0])
+        for volume_name, uid, volume_spec, owner in made:
+            data = {"uid": uid, "spec": volume_spec.model_dump(mode="json"), "owner": owner}
+            self._recorder.publish("volume.created", "volume", volume_name, data)
+            self._enqueue_volume(volume_name)
         self._recorder.operation_created(op)
         self._enqueue(body.name, False)
         return op
+
+    @staticmethod
+    def _snapshot_volumes(
+        session: Session, name: str, source: FromSnapshot
+    ) -> tuple[list[InstanceDisk], list[NewVolume]]:
+        """The disks of an instance made from a snapshot, and the volumes to record for them
+        (in order: a linked clone's shared base, when it does not exist yet, before the clone).
+        """
+        snapshot = snapshot_store.find_snapshot(session, source.instance, source.snapshot)
+        if snapshot is None or snapshot.snapshot.state != SnapshotState.READY:
+            state = "does not exist" if snapshot is None else f"is {snapshot.snapshot.state}"
+            raise InvalidInput(
+                f"snapshot {source.snapshot!r} of instance {source.instance!r} {state}; "
+                f"`corral snapshot list {source.instance}` shows the ready ones",
+                code="unknown_snapshot",
+                field="from_snapshot.snapshot",
+            )
+        origin = instance_store.find_instance(session, source.instance)
+        boot = {d.volume for d in origin.instance.spec.disks if d.boot} if origin else set()
+        records = volume_store.find_volumes(session, snapshot.snapshot.volumes)
+        disks: list[InstanceDisk] = []
+        new_volumes: list[NewVolume] = []
+        for n, volume in enumerate(snapshot.snapshot.volumes):
+            record = records.get(volume)
+            if record is None or record.deleting:
+                raise InvalidInput(
+                    f"volume {volume!r} of snapshot {source.snapshot!r} is gone",
+                    code="unknown_volume",
+                    field="from_snapshot.snapshot",
+                )
+            clone = f"{name}-{n}"
+            base = f"{source.instance}-{source.snapshot}-{n}-base"
+            for wanted, field in ((clone, "name"), (base, "from_snapshot")):
+                problem = name_problem(wanted)
+                if problem is not None:
+                    raise InvalidInput(
+                        f"volume name {wanted!r} {problem}; choose shorter names",
+                        code="invalid_name",
+                        field=field,
+                    )
+            from_snapshot = VolumeSource(
+                kind=VolumeSourceKind.SNAPSHOT, volume=volume, snapshot=source.snapshot
+            )
+            pool = record.volume.spec.pool
+            copy = VolumeSpec(pool=pool, format=VolumeFormat.QCOW2, source=from_snapshot)
+            if not source.linked:
+                new_volumes.append((clone, copy, name))
+            else:
+                existing = volume_store.find_volume(session, base)
+                if existing is None:
+                    new_volumes.append((base, copy, None))
+                elif existing.deleting or existing.volume.spec.source != from_snapshot:
+                    raise Conflict(
+                        f"volume {base!r} exists and is not (or no longer) the base of "
+                        f"snapshot {source.snapshot!r}; delete or rename it first",
+                        code="already_exists",
+                        field="from_snapshot",
+                    )
+                thin = VolumeSource(kind=VolumeSourceKind.VOLUME, volume=base)
+                spec = VolumeSpec(pool=pool, format=VolumeFormat.QCOW2, source=thin)
+                new_volumes.append((clone, spec, name))
+            disks.append(InstanceDisk(volume=clone, boot=volume in boot))
+        return disks, new_volumes
 
     @staticmethod
     def _root_volume(name: str, image: Image, root: RootDisk) -> tuple[str, VolumeSpec]:

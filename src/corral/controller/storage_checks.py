@@ -21,6 +21,7 @@ from corral.model.storage import InstanceDisk, PoolState, VolumeSourceKind, Volu
 from corral.store import images as image_store
 from corral.store import instances as instance_store
 from corral.store import pools as pool_store
+from corral.store import snapshots as snapshot_store
 from corral.store import volumes as volume_store
 from corral.store.volumes import VolumeRecord
 
@@ -37,6 +38,7 @@ class VolumeFields:
     size: str = "spec.size_bytes"
     image: str = "spec.source.image"
     volume: str = "spec.source.volume"
+    snapshot: str = "spec.source.snapshot"
 
 
 ROOT_DISK_FIELDS = VolumeFields(
@@ -123,6 +125,8 @@ def check_new_volume(
         refuse_shrink(spec.size_bytes, minimum, f"image {source.image!r}", fields.size)
     elif source.volume is not None:
         origin = check_source_volume(session, source.volume, source.kind, spec.pool, fields)
+        if source.kind == VolumeSourceKind.SNAPSHOT and source.snapshot is not None:
+            check_source_snapshot(session, source.volume, source.snapshot, fields.snapshot)
         minimum = max(origin.volume.status.virtual_size_bytes, origin.volume.spec.size_bytes or 0)
         refuse_shrink(spec.size_bytes, minimum, f"volume {source.volume!r}", fields.size)
     size = spec.size_bytes or minimum
@@ -159,6 +163,8 @@ def check_source_volume(
             code="invalid_state",
             field=fields.volume,
         )
+    if kind == VolumeSourceKind.SNAPSHOT:
+        return origin  # an internal snapshot never changes: the disk may be in use
     user = origin.instance or origin.volume.status.attached_to
     # A thin clone shares the source's blocks: the source must never change again, so it
     # may not be attached at all. A copy only needs the source to be still while copied.
@@ -170,6 +176,19 @@ def check_source_volume(
             field=fields.volume,
         )
     return origin
+
+
+def check_source_snapshot(session: Session, volume: str, snapshot: str, field: str) -> str:
+    """The tag of ready snapshot `snapshot` on `volume`; InvalidInput `unknown_snapshot`."""
+    record = snapshot_store.snapshot_of_volume(session, volume, snapshot)
+    if record is None:
+        raise InvalidInput(
+            f"volume {volume!r} has no ready snapshot {snapshot!r}; `corral snapshot list "
+            "INSTANCE` shows the snapshots of the instance it belongs to",
+            code="unknown_snapshot",
+            field=field,
+        )
+    return record.tag
 
 
 def check_instance_disks(

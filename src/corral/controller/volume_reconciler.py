@@ -25,6 +25,7 @@ from corral.model.storage import PoolState, Volume, VolumeFormat, VolumeSourceKi
 from corral.store import images as image_store
 from corral.store import operations as operation_store
 from corral.store import pools as pool_store
+from corral.store import snapshots as snapshot_store
 from corral.store import volumes as volume_store
 from corral.store.operations import OperationRecord
 from corral.store.volumes import VolumeRecord
@@ -162,6 +163,11 @@ class VolumeReconciler:
             pool = pool_store.find_pool(session, spec.pool)
             image = image_store.find_image(session, source.image) if source.image else None
             origin = volume_store.find_volume(session, source.volume) if source.volume else None
+            snapshot = (
+                snapshot_store.snapshot_of_volume(session, source.volume, source.snapshot)
+                if source.volume and source.snapshot
+                else None
+            )
         if pool is None or pool.status.state in (PoolState.DELETING, PoolState.FAILED):
             state = "gone" if pool is None else pool.status.state.value
             raise VolumeFailed(f"pool {spec.pool!r} is {state}", code="unknown_pool")
@@ -175,7 +181,8 @@ class VolumeReconciler:
                     f"image {source.image!r} is not a ready disk image", code="unknown_image"
                 )
             return request.model_copy(update={"source_path": image.disk})
-        if source.kind in (VolumeSourceKind.VOLUME, VolumeSourceKind.COPY):
+        kinds = (VolumeSourceKind.VOLUME, VolumeSourceKind.COPY, VolumeSourceKind.SNAPSHOT)
+        if source.kind in kinds:
             if (
                 origin is None
                 or origin.deleting
@@ -187,6 +194,20 @@ class VolumeReconciler:
             if origin.volume.status.state != VolumeState.READY:
                 raise TemporaryError(
                     f"waiting for source volume {source.volume!r} to be ready", delay=_WAIT_S
+                )
+            if source.kind == VolumeSourceKind.SNAPSHOT:
+                if snapshot is None:
+                    raise VolumeFailed(
+                        f"volume {source.volume!r} has no ready snapshot {source.snapshot!r} "
+                        "any more",
+                        code="unknown_snapshot",
+                    )
+                return request.model_copy(
+                    update={
+                        "source_volume": source.volume,
+                        "source_snapshot_tag": snapshot.tag,
+                        "full_copy": True,
+                    }
                 )
             return request.model_copy(
                 update={

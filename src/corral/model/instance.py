@@ -161,15 +161,35 @@ class RootDisk(BaseModel):
         return _check_name_field(value, "pool")
 
 
+class FromSnapshot(BaseModel):
+    """At create: the new instance's disks are made from snapshot `snapshot` of `instance`,
+    one volume `<name>-<n>` per disk of the snapshot. Full: independent copies. Linked: thin
+    clones of one shared read-only base per snapshot disk, `<instance>-<snapshot>-<n>-base`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance: str
+    snapshot: str
+    linked: bool = False
+
+    @field_validator("instance", "snapshot")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return _check_name_field(value, "name")
+
+
 class InstanceCreate(BaseModel):
     """Body of POST /v1/instances. `root_disk` applies to disk images (ignored for initramfs
-    images): without it a disk image still gets a root volume of the image's size."""
+    images): without it a disk image still gets a root volume of the image's size. With
+    `from_snapshot` the disks come from the snapshot instead (they replace `spec.disks`, and
+    no root volume is made from the image)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     spec: InstanceSpec
     root_disk: RootDisk | None = None
+    from_snapshot: FromSnapshot | None = None
 
     @field_validator("name")
     @classmethod

@@ -143,7 +143,9 @@ class PoolFacts(BaseModel):
 class VolumeRequest(BaseModel):
     """Make a volume in a pool. Sources: blank (needs size), `source_path` (an image's qcow2
     disk, thin clone), or `source_volume` in the same pool (thin clone, or full copy when
-    `full_copy`). `size_bytes` None keeps the source's size; it may only grow it."""
+    `full_copy`); with `source_snapshot_tag` (and `full_copy`), a full copy of the source
+    volume as it was at that qcow2 internal snapshot. `size_bytes` None keeps the source's
+    size; it may only grow it."""
 
     pool: str
     name: str
@@ -151,6 +153,7 @@ class VolumeRequest(BaseModel):
     format: str = "qcow2"
     source_path: str | None = None
     source_volume: str | None = None
+    source_snapshot_tag: str | None = None
     full_copy: bool = False
 
 

@@ -131,6 +131,7 @@ class VolumeSourceKind(StrEnum):
     IMAGE = "image"  # thin clone of a disk image (qcow2 backing file / reflink)
     VOLUME = "volume"  # thin clone of another volume (must not be attached)
     COPY = "copy"  # full, independent copy of another volume
+    SNAPSHOT = "snapshot"  # full, independent copy of a volume as it was at a snapshot
 
 
 class VolumeSource(BaseModel):
@@ -141,8 +142,11 @@ class VolumeSource(BaseModel):
     kind: VolumeSourceKind = VolumeSourceKind.BLANK
     image: str | None = None
     volume: str | None = None
+    snapshot: str | None = Field(
+        default=None, description="Kind snapshot: the snapshot (of the instance with `volume`)"
+    )
 
-    @field_validator("image", "volume")
+    @field_validator("image", "volume", "snapshot")
     @classmethod
     def _names(cls, value: str | None) -> str | None:
         return _name(value, "name")
@@ -151,8 +155,11 @@ class VolumeSource(BaseModel):
     def _needs_what_it_names(self) -> VolumeSource:
         if self.kind == VolumeSourceKind.IMAGE and not self.image:
             raise ValueError("source kind 'image' needs `image`")
-        if self.kind in (VolumeSourceKind.VOLUME, VolumeSourceKind.COPY) and not self.volume:
+        kinds = (VolumeSourceKind.VOLUME, VolumeSourceKind.COPY, VolumeSourceKind.SNAPSHOT)
+        if self.kind in kinds and not self.volume:
             raise ValueError(f"source kind {self.kind.value!r} needs `volume`")
+        if (self.kind == VolumeSourceKind.SNAPSHOT) != (self.snapshot is not None):
+            raise ValueError("`snapshot` goes with source kind 'snapshot', and only with it")
         return self
 
 

@@ -140,6 +140,17 @@ def find_snapshot(session: Session, instance: str, name: str) -> SnapshotRecord 
     return _to_record(row) if row is not None else None
 
 
+def snapshot_of_volume(session: Session, volume: str, name: str) -> SnapshotRecord | None:
+    """The ready snapshot `name` (of whichever instance) that covers `volume`, or None."""
+    query = select(SnapshotRow).where(
+        SnapshotRow.name == name, SnapshotRow.state == SnapshotState.READY.value
+    )
+    for row in session.scalars(query.order_by(SnapshotRow.id)):
+        if volume in row.volumes:
+            return _to_record(row)
+    return None
+
+
 def get_snapshot(session: Session, instance: str, name: str) -> SnapshotRecord:
     """The snapshot; NotFound if the instance has none of that name."""
     return _to_record(_row(session, instance, name))

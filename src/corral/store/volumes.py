@@ -115,7 +115,8 @@ def create_volume(
         pool=spec.pool,
         source_image=source.image if source.kind == VolumeSourceKind.IMAGE else None,
         source_volume=source.volume
-        if source.kind in (VolumeSourceKind.VOLUME, VolumeSourceKind.COPY)
+        if source.kind
+        in (VolumeSourceKind.VOLUME, VolumeSourceKind.COPY, VolumeSourceKind.SNAPSHOT)
         else None,
         thin_source=source.kind in (VolumeSourceKind.IMAGE, VolumeSourceKind.VOLUME),
         instance=instance,

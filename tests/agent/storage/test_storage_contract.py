@@ -23,6 +23,7 @@ from tests.agent.storage.conftest import (
     make_image,
     mounts_under,
     reads_pattern,
+    run,
     write_pattern,
 )
 
@@ -125,6 +126,40 @@ def test_full_copy_is_independent_of_its_source(pools: Pools, scratch: Path) -> 
     if pools.real:
         assert reads_pattern(copy.path, "qcow2", 0xCD, 0, MiB)
         assert reads_pattern(copy.path, "qcow2", 0xAB, MiB, 3 * MiB)
+
+
+def test_a_copy_from_a_snapshot_tag_has_the_snapshot_bytes_not_later_writes(
+    pools: Pools,
+) -> None:
+    pool = pools.make()
+    blank(pool, "disk", 64 * MiB)
+    path = pool.volume_path("disk")
+    if pools.real:
+        write_pattern(path, "qcow2", 0xAA, 0, 2 * MiB)
+        run("qemu-img", "snapshot", "-c", "t-1", str(path))
+        write_pattern(path, "qcow2", 0xBB, 0, 2 * MiB)
+    request = VolumeRequest(
+        pool=pool.name, name="copy", source_volume="disk", source_snapshot_tag="t-1",
+        full_copy=True,
+    )  # fmt: skip
+
+    copy = pool.create_volume(request)
+
+    assert (copy.format, copy.backing, copy.virtual_size_bytes) == ("qcow2", None, 64 * MiB)
+    assert pool.create_volume(request) == copy  # a retried request
+    if pools.real:
+        assert reads_pattern(copy.path, "qcow2", 0xAA, 0, 2 * MiB)
+        assert reads_pattern(path, "qcow2", 0xBB, 0, 2 * MiB)
+        pool.delete_volume("disk")  # the copy does not depend on it
+        assert reads_pattern(copy.path, "qcow2", 0xAA, 0, 2 * MiB)
+        with pytest.raises(HostError):
+            pool.create_volume(request.model_copy(update={"name": "c2", "source_volume": "copy"}))
+    with pytest.raises(InvalidInput) as bad_tag:
+        pool.create_volume(request.model_copy(update={"name": "c3", "source_snapshot_tag": "a/b"}))
+    assert bad_tag.value.field == "spec.source.snapshot"
+    with pytest.raises(InvalidInput):
+        pool.create_volume(request.model_copy(update={"name": "c4", "full_copy": False}))
+    assert "c3" not in [v.name for v in pool.list_volumes()]
 
 
 def test_clones_of_the_same_format_follow_the_reflink_capability(

@@ -177,6 +177,15 @@ def check_volume_request(req: VolumeRequest) -> None:
                 code="self_source",
                 field="spec.source.volume",
             )
+    if req.source_snapshot_tag is not None:
+        validate_name(req.source_snapshot_tag, "spec.source.snapshot")
+        if req.source_volume is None or not req.full_copy:
+            raise InvalidInput(
+                "a volume from a snapshot is a full copy of a source volume: give "
+                "`source_volume` and `full_copy`",
+                code="invalid_input",
+                field="spec.source",
+            )
     if req.source_path is not None:
         check_source_path(req.source_path)
     if req.source_path is None and req.source_volume is None:

@@ -203,7 +203,7 @@ class FakePool:
         else:
             source_path, source_format, source_size, data = source
             size = grown_size(req.size_bytes, source_size, f"source of {req.name!r}")
-            if req.full_copy:
+            if req.full_copy:  # also from a snapshot tag: the data it held (not modelled apart)
                 needed = data + (QCOW2_METADATA_BYTES if req.format == "qcow2" else 0)
             else:
                 choose_clone_method(req.format, source_format, can_reflink=False)

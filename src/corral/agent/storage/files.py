@@ -266,12 +266,12 @@ class FileVolumePool:
         if req.source_volume is not None:
             source = self._require(req.source_volume, "spec.source.volume")
             # Without -U this fails while a running guest writes the source: a clone or copy
-            # of a disk in use would catch it half-written.
+            # of a disk in use would catch it half-written. A snapshot of it never changes.
             info = qemu_img.info(
                 source.path,
                 source.format,
                 what=f"reading source volume {source.name!r} in pool {self.name!r}",
-                force_share=False,
+                force_share=req.source_snapshot_tag is not None,
             )
             return source, info.virtual_size
         if req.source_path is not None:
@@ -341,8 +341,17 @@ class FileVolumePool:
                 size = grown_size(req.size_bytes, source_size, f"source of {req.name!r}")
                 if req.full_copy:
                     qemu_img.convert(
-                        source_file.path, source_file.format, tmp, req.format, what=what
+                        source_file.path,
+                        source_file.format,
+                        tmp,
+                        req.format,
+                        what=what,
+                        snapshot_tag=req.source_snapshot_tag,
                     )
+                    if req.source_snapshot_tag is not None:
+                        # the disk may have grown since the snapshot: its own size counts
+                        source_size = qemu_img.info(tmp, req.format, what=what).virtual_size
+                        size = req.size_bytes or source_size
                     if size > source_size:
                         qemu_img.resize(tmp, req.format, size, what=what)
                 else:

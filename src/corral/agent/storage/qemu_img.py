@@ -70,9 +70,22 @@ def create(
     run_command([*argv, str(path), str(size_bytes)], what=what, advice=_ADVICE, timeout_s=120)
 
 
-def convert(source: Path, source_format: str, dest: Path, dest_format: str, *, what: str) -> None:
-    """A full, independent copy of `source` (its backing chain flattened), sparse where zero."""
-    argv = [QEMU_IMG, "convert", "-f", source_format, "-O", dest_format, str(source), str(dest)]
+def convert(
+    source: Path,
+    source_format: str,
+    dest: Path,
+    dest_format: str,
+    *,
+    what: str,
+    snapshot_tag: str | None = None,
+) -> None:
+    """A full, independent copy of `source` (its backing chain flattened), sparse where zero.
+    With `snapshot_tag`, of the qcow2 internal snapshot of that name: read with -U, since a
+    running QEMU may hold the image's lock and an internal snapshot never changes."""
+    argv = [QEMU_IMG, "convert"]
+    if snapshot_tag is not None:
+        argv += ["-U", "-l", f"snapshot.name={snapshot_tag}"]
+    argv += ["-f", source_format, "-O", dest_format, str(source), str(dest)]
     run_command(argv, what=what, advice=_ADVICE)
 
 
