@@ -4,7 +4,7 @@
 VENV        := .venv
 PY          := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd kmod \
-                iproute2 procps ca-certificates btrfs-progs dosfstools mtools \
+                iproute2 procps ca-certificates btrfs-progs dosfstools mtools binutils \
                 mmdebstrap e2fsprogs
 PYTEST_ARGS ?=
 

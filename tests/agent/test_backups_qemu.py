@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,9 +34,6 @@ from tests.agent.test_snapshots_qemu import boot, launch_request, sh
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"
-    ),
 ]
 
 MIB = 1024 * 1024

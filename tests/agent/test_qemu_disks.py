@@ -8,7 +8,6 @@ Three guest boots in all (each costs seconds under TCG); the seed is the images 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 import uuid
@@ -27,9 +26,6 @@ from tests.agent.test_compute_disks import GuestDisk, guest_disks, wait_for_gues
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"
-    ),
 ]
 
 READY_TIMEOUT_S = 90.0

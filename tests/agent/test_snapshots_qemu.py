@@ -7,7 +7,6 @@ Two boots of the tiny guest for the whole file (boots are what the suite pays fo
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,9 +24,6 @@ from tests.agent.test_compute_disks import wait_for_guest_disks
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"
-    ),
 ]
 
 READY_TIMEOUT_S = 90.0

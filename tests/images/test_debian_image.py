@@ -29,8 +29,6 @@ VOLUME_BYTES = 4 << 30
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"{QEMU} is not installed"),
-    pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="mmdebstrap is not installed"),
 ]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,12 +22,9 @@ def readelf_needed(path: Path) -> list[str]:
     return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
 
 
-@pytest.mark.skipif(shutil.which("readelf") is None, reason="binutils' readelf not installed")
 @pytest.mark.parametrize("binary", ["/bin/ls", "/bin/sh", "/usr/bin/qemu-system-x86_64"])
 def test_needed_matches_readelf_on_host_binaries(binary: str) -> None:
     path = Path(os.path.realpath(binary))
-    if not path.exists():
-        pytest.skip(f"{binary} not on this host")
     assert list(read_elf(path).needed) == readelf_needed(path)
 
 

@@ -24,7 +24,6 @@ HOSTNAME = "tinytest"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"{QEMU} is not installed"),
 ]
 
 
