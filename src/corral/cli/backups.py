@@ -61,14 +61,13 @@ def list_backups(
     """List a volume's restore points (id, kind, parent, size, created, reason)."""
     with open_client(ctx) as client:
         points = client.list_backups(volume)
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(points)
-    elif not points:
-        typer.echo(
-            f"No backups of {volume}. Make one with `corral backup create {volume}`.", err=True
-        )
-    else:
-        render.show(render_snapshots.backups_table(points))
+    hint = f"No backups of {volume}. Make one with `corral backup create {volume}`."
+    render.emit(
+        output_format(ctx, output) is OutputFormat.JSON,
+        points,
+        render_snapshots.backups_table,
+        hint,
+    )
 
 
 @backup_app.command()
@@ -81,10 +80,9 @@ def show(
     """Show one restore point."""
     with open_client(ctx) as client:
         point = client.get_backup(volume, backup)
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(point)
-    else:
-        render.show(render_snapshots.backup_details(point))
+    render.emit(
+        output_format(ctx, output) is OutputFormat.JSON, point, render_snapshots.backup_details
+    )
 
 
 @backup_app.command()

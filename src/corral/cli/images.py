@@ -54,12 +54,8 @@ def list_images(ctx: typer.Context, output: OutputOption = None) -> None:
     """List images."""
     with open_client(ctx) as client:
         images = client.list_images()
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(images)
-    elif not images:
-        typer.echo("No images. Build one with `corral image build tiny`.", err=True)
-    else:
-        render.show(render.images_table(images))
+    hint = "No images. Build one with `corral image build tiny`."
+    render.emit(output_format(ctx, output) is OutputFormat.JSON, images, render.images_table, hint)
 
 
 @image_app.command()
@@ -71,10 +67,7 @@ def show(
     """Show one image."""
     with open_client(ctx) as client:
         image = client.get_image(name)
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(image)
-    else:
-        render.show(render.image_details(image))
+    render.emit(output_format(ctx, output) is OutputFormat.JSON, image, render.image_details)
 
 
 @image_app.command()

@@ -91,12 +91,8 @@ def list_pools(ctx: typer.Context, output: OutputOption = None) -> None:
     """List pools with capacity, use and thin allocation."""
     with open_client(ctx) as client:
         pools = client.list_pools()
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(pools)
-    elif not pools:
-        typer.echo("No pools. Create one with `corral pool create NAME`.", err=True)
-    else:
-        render.show(render.pools_table(pools))
+    hint = "No pools. Create one with `corral pool create NAME`."
+    render.emit(output_format(ctx, output) is OutputFormat.JSON, pools, render.pools_table, hint)
 
 
 @pool_app.command()
@@ -108,10 +104,7 @@ def show(
     """Show one pool."""
     with open_client(ctx) as client:
         pool = client.get_pool(name)
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(pool)
-    else:
-        render.show(render.pool_details(pool))
+    render.emit(output_format(ctx, output) is OutputFormat.JSON, pool, render.pool_details)
 
 
 @pool_app.command()

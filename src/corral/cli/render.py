@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from rich.console import Console, Group, RenderableType
@@ -52,6 +52,25 @@ def show(renderable: RenderableType) -> None:
     with console.capture() as captured:
         console.print(renderable)
     sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def emit(
+    as_json: bool,
+    value: T | Sequence[T],
+    view: Callable[[Any], RenderableType],
+    empty: str = "",
+) -> None:
+    """What every read command prints: JSON with -o json; else `view(value)`, or `empty` on
+    stderr (a hint what to do) when a list came back empty."""
+    if as_json:
+        print_json(value)
+    elif isinstance(value, Sequence) and not value and empty:
+        print(empty, file=sys.stderr)
+    else:
+        show(view(value))
 
 
 def age(when: datetime | None, now: datetime | None = None) -> str:

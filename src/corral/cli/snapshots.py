@@ -99,10 +99,9 @@ def show(
     """Show one snapshot."""
     with open_client(ctx) as client:
         snapshot: Snapshot = client.get_snapshot(instance, name)
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(snapshot)
-    else:
-        render.show(render_snapshots.snapshot_details(snapshot))
+    render.emit(
+        output_format(ctx, output) is OutputFormat.JSON, snapshot, render_snapshots.snapshot_details
+    )
 
 
 @snapshot_app.command()

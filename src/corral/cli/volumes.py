@@ -157,15 +157,11 @@ def list_volumes(
     """List volumes (all, or one pool's)."""
     with open_client(ctx) as client:
         volumes = client.list_volumes(pool=pool)
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(volumes)
-    elif not volumes:
-        where = f" in pool {pool}" if pool else ""
-        typer.echo(
-            f"No volumes{where}. Create one with `corral volume create NAME --size 1G`.", err=True
-        )
-    else:
-        render.show(render.volumes_table(volumes))
+    where = f" in pool {pool}" if pool else ""
+    hint = f"No volumes{where}. Create one with `corral volume create NAME --size 1G`."
+    render.emit(
+        output_format(ctx, output) is OutputFormat.JSON, volumes, render.volumes_table, hint
+    )
 
 
 @volume_app.command()
@@ -177,10 +173,7 @@ def show(
     """Show one volume."""
     with open_client(ctx) as client:
         volume = client.get_volume(name)
-    if output_format(ctx, output) is OutputFormat.JSON:
-        render.print_json(volume)
-    else:
-        render.show(render.volume_details(volume))
+    render.emit(output_format(ctx, output) is OutputFormat.JSON, volume, render.volume_details)
 
 
 @volume_app.command()
