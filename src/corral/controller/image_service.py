@@ -16,7 +16,7 @@ from corral.bus.local import HostAgent
 from corral.controller.recorder import Recorder
 from corral.errors import Conflict, CorralError, InvalidInput
 from corral.model.image import Image, ImageState
-from corral.model.names import validate_name
+from corral.model.names import some_names, validate_name
 from corral.model.operation import Operation, OperationError
 from corral.store import images as image_store
 from corral.store import instances as instance_store
@@ -156,14 +156,14 @@ class ImageService:
             users = instance_store.instances_using_image(session, name)
             clones = volume_store.volumes_using_image(session, name)
         if clones:
-            shown = ", ".join(clones[:10]) + (" ..." if len(clones) > 10 else "")
+            shown = some_names(clones)
             raise Conflict(
                 f"image {name!r} is the base of {len(clones)} volume(s): {shown}; delete them "
                 "first",
                 code="image_in_use",
             )
         if users:
-            shown = ", ".join(users[:10]) + (" ..." if len(users) > 10 else "")
+            shown = some_names(users)
             raise Conflict(
                 f"image {name!r} is used by {len(users)} instance(s): {shown}; delete them first",
                 code="image_in_use",

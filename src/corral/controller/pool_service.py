@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from corral.controller.recorder import Recorder
 from corral.errors import Conflict
+from corral.model.names import some_names
 from corral.model.operation import Operation
 from corral.model.storage import DEFAULT_POOL, Pool, PoolCreate, PoolDriver, PoolSpec
 from corral.store import operations as operation_store
@@ -96,7 +97,7 @@ class PoolService:
                 )
             volumes = volume_store.volumes_in_pool(session, name)
             if volumes:
-                shown = ", ".join(volumes[:10]) + (" ..." if len(volumes) > 10 else "")
+                shown = some_names(volumes)
                 raise Conflict(
                     f"pool {name!r} has {len(volumes)} volume(s): {shown}; delete them first",
                     code="pool_not_empty",

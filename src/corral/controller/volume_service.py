@@ -13,6 +13,7 @@ from corral.controller.instance_service import InstanceService, parse_if_match
 from corral.controller.recorder import Recorder
 from corral.controller.storage_checks import SHRINK_REFUSED, check_new_volume
 from corral.errors import Conflict, InvalidInput, PreconditionFailed
+from corral.model.names import some_names
 from corral.model.operation import Operation
 from corral.model.storage import InstanceDisk, Volume, VolumeCreate, VolumeSpecPatch, VolumeState
 from corral.store import operations as operation_store
@@ -142,7 +143,7 @@ class VolumeService:
                 )
             clones = volume_store.thin_clones_of(session, name)
             if clones:
-                shown = ", ".join(clones[:10]) + (" ..." if len(clones) > 10 else "")
+                shown = some_names(clones)
                 raise Conflict(
                     f"volume {name!r} is the source of thin clone(s) {shown}; delete them first",
                     code="volume_in_use",

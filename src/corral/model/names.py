@@ -40,3 +40,8 @@ def validate_name(name: str, field: str = "name") -> str:
         shown = repr(name) if len(name) <= 80 else repr(name[:80] + "...")
         raise InvalidInput(f"{field} {shown} {problem}", code="invalid_name", field=field)
     return name
+
+
+def some_names(names: list[str], limit: int = 10) -> str:
+    """`a, b, c` for an error message, cut after `limit` names with ` ...`."""
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
